@@ -1,0 +1,53 @@
+# keygate's developer commands. `make dev` runs keygate; `make test` installs what is missing and runs every test.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-unknown-unknown
+
+.PHONY: help dev test setup lint bench vectors fuzz
+
+help:
+	@echo "make dev      run keygate on embedded defaults"
+	@echo "make test     install what is missing, then run every test"
+	@echo "make lint     rustfmt and clippy, native and wasm"
+	@echo "make bench    criterion micro-benchmarks of the key check"
+	@echo "make vectors  rewrite shared/testdata after a deliberate key-format change"
+	@echo "make fuzz     a short run of every fuzz target (needs cargo-fuzz)"
+
+## Toolchain pieces a fresh machine lacks: the wasm target (the worker and shared's no_std build).
+setup:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+dev:
+	$(CARGO) build --release -p keygate-control-plane
+	@echo
+	@echo "The control plane's server and the edge worker arrive with their issues; for now keygate's key tools:"
+	@key=$$(target/release/keygate key generate) && echo "  keygate key generate   -> $$key" \
+	  && echo "  keygate key inspect    -> $$(target/release/keygate key inspect "$$key")"
+
+test: setup
+	$(CARGO) test --workspace
+	# shared must stay no_std: build it (and the worker crate on top of it) for the wasm target.
+	$(CARGO) build -p keygate-shared --target $(WASM_TARGET) --no-default-features
+	$(CARGO) build -p keygate-edge --target $(WASM_TARGET)
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p keygate-shared --target $(WASM_TARGET) --no-default-features -- -D warnings
+
+bench:
+	$(CARGO) bench -p keygate-shared
+
+vectors:
+	KEYGATE_BLESS=1 $(CARGO) test -p keygate-shared --test it vectors
+
+FUZZ_SECONDS ?= 20
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is not installed: cargo install cargo-fuzz"; exit 1; }
+	cd fuzz && for target in $$(cargo fuzz list); do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024; done

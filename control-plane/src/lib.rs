@@ -1,0 +1,3 @@
+//! keygate's control plane: where keys are born and die. This crate also builds the `keygate` binary.
+
+pub mod cli;

@@ -1,0 +1,636 @@
+//! Key format v1, `<prefix>_<region>_<key_id>_<secret><checksum>`: making keys and reading them back.
+//!
+//! Parsing never touches storage: shape, range and checksum are checked here, so a mistyped or forged
+//! key is refused before anything is looked up.
+
+use alloc::string::String;
+use core::fmt;
+use core::str::FromStr;
+
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use crate::base62;
+use crate::hash::SecretHash;
+
+/// The prefix a deployment uses unless it configures another.
+pub const DEFAULT_PREFIX: &str = "fraiseql";
+/// The region a deployment uses unless it configures another.
+pub const DEFAULT_REGION: &str = "us_east_1";
+/// No key is longer than this many bytes; a longer input is refused before anything else.
+pub const MAX_KEY_LEN: usize = 255;
+/// Width of the key id field: 128 bits in base62.
+pub const KEY_ID_LEN: usize = 22;
+/// Width of the secret field: 256 bits in base62.
+pub const SECRET_LEN: usize = 43;
+/// Width of the checksum field: a CRC-32 in base62.
+pub const CHECKSUM_LEN: usize = 6;
+
+const PREFIX_MIN_LEN: usize = 2;
+const PREFIX_MAX_LEN: usize = 16;
+/// The longest region that still leaves room, under the longest prefix, for a key of at most 255 bytes.
+const REGION_MAX_LEN: usize = MAX_KEY_LEN - PREFIX_MAX_LEN - KEY_ID_LEN - SECRET_LEN - CHECKSUM_LEN - 3;
+/// 2^128 - 1 and 2^256 - 1 in base62: fixed-width digit strings compare like the numbers they encode.
+const MAX_KEY_ID_DIGITS: &[u8; KEY_ID_LEN] = b"7n42DGM5Tflk9n8mt7Fhc7";
+const MAX_SECRET_DIGITS: &[u8; SECRET_LEN] = b"yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1";
+
+/// Why a string is not a well-formed key (or prefix, region, key id).
+///
+/// Each variant has a stable [`code`](KeyError::code) for logs, JSON and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The input is empty.
+    Empty,
+    /// The input is longer than [`MAX_KEY_LEN`] bytes.
+    TooLong,
+    /// A character outside `[A-Za-z0-9_]`.
+    InvalidCharacter,
+    /// Fewer than the four `_`-separated parts (prefix, region, key id, secret+checksum).
+    MissingParts,
+    /// The prefix is not `[a-z][a-z0-9]{1,15}`.
+    InvalidPrefix,
+    /// The region is not one or more `[a-z0-9]+` words joined by `_`, or is too long.
+    InvalidRegion,
+    /// The key id field is not 22 base62 characters.
+    InvalidKeyId,
+    /// The key id field encodes a number of 2^128 or more.
+    KeyIdOutOfRange,
+    /// The secret+checksum field is not 49 base62 characters.
+    InvalidSecret,
+    /// The secret field encodes a number of 2^256 or more.
+    SecretOutOfRange,
+    /// The checksum does not match the rest of the key.
+    ChecksumMismatch,
+}
+
+impl KeyError {
+    /// A stable, greppable identifier for this error.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooLong => "too_long",
+            Self::InvalidCharacter => "invalid_character",
+            Self::MissingParts => "missing_parts",
+            Self::InvalidPrefix => "invalid_prefix",
+            Self::InvalidRegion => "invalid_region",
+            Self::InvalidKeyId => "invalid_key_id",
+            Self::KeyIdOutOfRange => "key_id_out_of_range",
+            Self::InvalidSecret => "invalid_secret",
+            Self::SecretOutOfRange => "secret_out_of_range",
+            Self::ChecksumMismatch => "checksum_mismatch",
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "the key is empty",
+            Self::TooLong => "the key is longer than 255 bytes",
+            Self::InvalidCharacter => "the key has a character outside [A-Za-z0-9_]",
+            Self::MissingParts => "the key lacks one of prefix, region, key id, secret",
+            Self::InvalidPrefix => "the prefix is not 2 to 16 characters of [a-z0-9] starting with a letter",
+            Self::InvalidRegion => "the region is not [a-z0-9] words joined by '_'",
+            Self::InvalidKeyId => "the key id is not 22 base62 characters",
+            Self::KeyIdOutOfRange => "the key id does not fit in 128 bits",
+            Self::InvalidSecret => "the secret and checksum are not 49 base62 characters",
+            Self::SecretOutOfRange => "the secret does not fit in 256 bits",
+            Self::ChecksumMismatch => "the checksum does not match",
+        })
+    }
+}
+
+impl core::error::Error for KeyError {}
+
+fn is_lower_alnum(byte: u8) -> bool {
+    byte.is_ascii_lowercase() || byte.is_ascii_digit()
+}
+
+// The scans below fold without short-circuiting so the compiler can vectorize them: a key is short,
+// and a check that stops early saves nothing but costs the vector loop.
+
+fn all_key_characters(bytes: &[u8]) -> bool {
+    let misfits = bytes.iter().fold(0u8, |misfits, &b| {
+        // Setting bit 5 folds A-Z onto a-z and sends nothing else into a-z.
+        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+        let digit = b.wrapping_sub(b'0') < 10;
+        misfits | u8::from(!(letter | digit | (b == b'_')))
+    });
+    misfits == 0
+}
+
+fn contains_underscore(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |found, b| found | u8::from(*b == b'_')) != 0
+}
+
+fn is_valid_prefix(prefix: &[u8]) -> bool {
+    (PREFIX_MIN_LEN..=PREFIX_MAX_LEN).contains(&prefix.len())
+        && prefix[0].is_ascii_lowercase()
+        && prefix[1..].iter().all(|b| is_lower_alnum(*b))
+}
+
+/// Words of `[a-z0-9]+` joined by single underscores.
+fn is_valid_region(region: &[u8]) -> bool {
+    let (Some(first), Some(last)) = (region.first(), region.last()) else {
+        return false;
+    };
+    let words_ok =
+        region.windows(2).fold(true, |ok, pair| ok & (is_lower_alnum(pair[1]) | (pair[1] == b'_' && pair[0] != b'_')));
+    region.len() <= REGION_MAX_LEN && is_lower_alnum(*first) && is_lower_alnum(*last) && words_ok
+}
+
+/// Where a fixed-width field that ends at `end` should start, and what is wrong when it is not there.
+#[derive(Clone, Copy)]
+enum FieldFault {
+    /// No `_` before `end` at all: a part is missing.
+    Missing,
+    /// The field between the last `_` and `end` has the wrong width.
+    WrongWidth,
+}
+
+/// The index of the `_` that opens the `width`-byte field ending at `end`.
+///
+/// Parsing goes from the right: the last two fields have fixed widths, so their separators sit at fixed
+/// distances from the end and need no search.
+fn fixed_field(bytes: &[u8], end: usize, width: usize) -> Result<usize, FieldFault> {
+    if let Some(separator) = end.checked_sub(width + 1) {
+        if bytes[separator] == b'_' && !contains_underscore(&bytes[separator + 1..end]) {
+            return Ok(separator);
+        }
+    }
+    Err(if contains_underscore(&bytes[..end]) { FieldFault::WrongWidth } else { FieldFault::Missing })
+}
+
+/// A deployment's key prefix, checked against `[a-z][a-z0-9]{1,15}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Prefix(String);
+
+impl Prefix {
+    /// Checks and wraps a prefix.
+    pub fn new(prefix: &str) -> Result<Self, KeyError> {
+        if is_valid_prefix(prefix.as_bytes()) {
+            Ok(Self(prefix.into()))
+        } else {
+            Err(KeyError::InvalidPrefix)
+        }
+    }
+
+    /// The prefix text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Self(DEFAULT_PREFIX.into())
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A deployment's region: one or more `[a-z0-9]+` words joined by `_`, e.g. `us_east_1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Region(String);
+
+impl Region {
+    /// Checks and wraps a region.
+    pub fn new(region: &str) -> Result<Self, KeyError> {
+        if is_valid_region(region.as_bytes()) {
+            Ok(Self(region.into()))
+        } else {
+            Err(KeyError::InvalidRegion)
+        }
+    }
+
+    /// The region text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Region {
+    fn default() -> Self {
+        Self(DEFAULT_REGION.into())
+    }
+}
+
+impl FromStr for Region {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key's public identifier: 128 bits (a UUIDv7 when keygate makes it), written as 22 base62 digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(u128);
+
+impl KeyId {
+    /// A new UUIDv7 key id: `unix_millis` in the top 48 bits, the rest from `rng`.
+    pub fn new_v7<R: RngCore + CryptoRng>(unix_millis: u64, rng: &mut R) -> Self {
+        let mut random = [0u8; 10];
+        rng.fill_bytes(&mut random);
+        Self::from(uuid::Builder::from_unix_timestamp_millis(unix_millis, &random).into_uuid())
+    }
+
+    /// The id as a number.
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// The id as a UUID (the form the control plane stores).
+    pub fn to_uuid(self) -> uuid::Uuid {
+        uuid::Uuid::from_u128(self.0)
+    }
+
+    /// The 22 base62 digits, most significant first.
+    pub fn to_digits(self) -> [u8; KEY_ID_LEN] {
+        let mut digits = [b'0'; KEY_ID_LEN];
+        // 62^22 > 2^128, so every u128 fits; the unit tests pin the widest one.
+        let _always_fits = base62::encode_into(&self.0.to_be_bytes(), &mut digits);
+        digits
+    }
+
+    /// Reads 22 base62 digits, checking width, alphabet and range.
+    fn from_digits(digits: &[u8]) -> Result<Self, KeyError> {
+        if digits.len() != KEY_ID_LEN || !digits.iter().all(|d| base62::digit_value(*d).is_some()) {
+            return Err(KeyError::InvalidKeyId);
+        }
+        if digits > MAX_KEY_ID_DIGITS.as_slice() {
+            return Err(KeyError::KeyIdOutOfRange);
+        }
+        Ok(Self::from_checked_digits(digits))
+    }
+
+    /// Reads digits already known to be 22 base62 characters no greater than 2^128 - 1, so the
+    /// arithmetic cannot overflow. Two chunks of 10 digits fit a `u64` each: two wide multiplies in all.
+    fn from_checked_digits(digits: &[u8]) -> Self {
+        const SCALE: u128 = 62u128.pow(10);
+        let (high, rest) = digits.split_at(digits.len().saturating_sub(20));
+        let (middle, low) = rest.split_at(rest.len().saturating_sub(10));
+        let value = (u128::from(base62::decode_u64(high)) * SCALE + u128::from(base62::decode_u64(middle))) * SCALE
+            + u128::from(base62::decode_u64(low));
+        Self(value)
+    }
+}
+
+impl From<u128> for KeyId {
+    fn from(value: u128) -> Self {
+        Self(value)
+    }
+}
+
+impl From<uuid::Uuid> for KeyId {
+    fn from(uuid: uuid::Uuid) -> Self {
+        Self(uuid.as_u128())
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = KeyError;
+    /// Reads the 22-digit form used in keys and in the admin API.
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Self::from_digits(s.as_bytes())
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for digit in self.to_digits() {
+            fmt::Write::write_char(f, char::from(digit))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <alloc::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The 256 secret bits of a key, from a CSPRNG. Wiped on drop; `Debug` prints nothing of it.
+pub struct KeySecret(Zeroizing<[u8; 32]>);
+
+impl KeySecret {
+    /// Fresh secret bits from `rng` (the OS CSPRNG in production).
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(bytes.as_mut());
+        Self(bytes)
+    }
+
+    /// Wraps given bits (test vectors; keys brought from elsewhere).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(<redacted>)")
+    }
+}
+
+/// The checksum digits of everything before them.
+fn checksum_digits(body: &str) -> [u8; CHECKSUM_LEN] {
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    // 62^6 > 2^32: every CRC-32 fits.
+    let _always_fits = base62::encode_u64_into(u64::from(crc32fast::hash(body.as_bytes())), &mut digits);
+    digits
+}
+
+/// A whole key, as shown to its owner once. Wiped on drop; `Debug` shows only the key id.
+pub struct ApiKey {
+    text: Zeroizing<String>,
+    key_id: KeyId,
+}
+
+impl ApiKey {
+    /// Puts a key together from its parts, computing the checksum.
+    pub fn assemble(prefix: &Prefix, region: &Region, key_id: KeyId, secret: &KeySecret) -> Self {
+        let len = prefix.0.len() + region.0.len() + KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN + 3;
+        // Sized up front so the secret is never left behind in a reallocated buffer.
+        let mut text = Zeroizing::new(String::with_capacity(len));
+        let mut secret_digits = Zeroizing::new([b'0'; SECRET_LEN]);
+        // 62^43 > 2^256: every secret fits.
+        let _always_fits = base62::encode_into(secret.0.as_ref(), secret_digits.as_mut());
+        text.push_str(prefix.as_str());
+        text.push('_');
+        text.push_str(region.as_str());
+        text.push('_');
+        text.extend(key_id.to_digits().iter().map(|d| char::from(*d)));
+        text.push('_');
+        text.extend(secret_digits.iter().map(|d| char::from(*d)));
+        let checksum = checksum_digits(&text);
+        text.extend(checksum.iter().map(|d| char::from(*d)));
+        Self { text, key_id }
+    }
+
+    /// A new key: a UUIDv7 key id stamped `unix_millis` and a fresh secret, both from `rng`.
+    pub fn generate<R: RngCore + CryptoRng>(prefix: &Prefix, region: &Region, unix_millis: u64, rng: &mut R) -> Self {
+        let key_id = KeyId::new_v7(unix_millis, rng);
+        let secret = KeySecret::generate(rng);
+        Self::assemble(prefix, region, key_id, &secret)
+    }
+
+    /// Checks a key held as an owned string, taking ownership so it is wiped with the `ApiKey`.
+    pub fn parse(text: String) -> Result<Self, KeyError> {
+        let text = Zeroizing::new(text);
+        let key_id = ParsedKey::parse(&text)?.key_id();
+        Ok(Self { text, key_id })
+    }
+
+    /// The key id.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The stored and replicated form of the key: SHA-256 of the whole key.
+    pub fn hash(&self) -> SecretHash {
+        SecretHash::of_key(&self.text)
+    }
+
+    /// The key text itself, secret part included: only for showing it to its owner.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// The key as parsed parts (it was checked when it was made, so this cannot fail).
+    pub fn parts(&self) -> ParsedKey<'_> {
+        ParsedKey::split_checked(&self.text, self.key_id)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+/// A presented key that has passed every offline check (shape, range, checksum), borrowed from the input.
+///
+/// `Debug` shows prefix, region and key id, never the secret.
+#[derive(Clone, Copy)]
+pub struct ParsedKey<'a> {
+    text: &'a str,
+    prefix: &'a str,
+    region: &'a str,
+    key_id: KeyId,
+}
+
+impl<'a> ParsedKey<'a> {
+    /// Checks `text` against key format v1. Reads no storage: a key that fails here is refused outright.
+    pub fn parse(text: &'a str) -> Result<Self, KeyError> {
+        let bytes = text.as_bytes();
+        if bytes.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if bytes.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong);
+        }
+        if !all_key_characters(bytes) {
+            return Err(KeyError::InvalidCharacter);
+        }
+        let fault = |fault, wrong_width| match fault {
+            FieldFault::Missing => KeyError::MissingParts,
+            FieldFault::WrongWidth => wrong_width,
+        };
+        let tail_at = fixed_field(bytes, bytes.len(), SECRET_LEN + CHECKSUM_LEN)
+            .map_err(|f| fault(f, KeyError::InvalidSecret))?;
+        let key_id_at = fixed_field(bytes, tail_at, KEY_ID_LEN).map_err(|f| fault(f, KeyError::InvalidKeyId))?;
+        // The region is the only part that may itself contain '_': the prefix ends at the first one.
+        let head = &bytes[..key_id_at];
+        let prefix_end = head.iter().position(|b| *b == b'_').ok_or(KeyError::MissingParts)?;
+        if !is_valid_prefix(&head[..prefix_end]) {
+            return Err(KeyError::InvalidPrefix);
+        }
+        if !is_valid_region(&head[prefix_end + 1..]) {
+            return Err(KeyError::InvalidRegion);
+        }
+        let key_id = &bytes[key_id_at + 1..tail_at];
+        if key_id > MAX_KEY_ID_DIGITS.as_slice() {
+            return Err(KeyError::KeyIdOutOfRange);
+        }
+        let secret = &bytes[tail_at + 1..tail_at + 1 + SECRET_LEN];
+        if secret > MAX_SECRET_DIGITS.as_slice() {
+            return Err(KeyError::SecretOutOfRange);
+        }
+        let checksum_at = bytes.len() - CHECKSUM_LEN;
+        if checksum_digits(&text[..checksum_at]) != bytes[checksum_at..] {
+            return Err(KeyError::ChecksumMismatch);
+        }
+        Ok(Self {
+            text,
+            prefix: &text[..prefix_end],
+            region: &text[prefix_end + 1..key_id_at],
+            key_id: KeyId::from_checked_digits(key_id),
+        })
+    }
+
+    /// Splits a key already known to be well formed.
+    fn split_checked(text: &'a str, key_id: KeyId) -> Self {
+        let head = text.get(..text.len().saturating_sub(SECRET_LEN + CHECKSUM_LEN + KEY_ID_LEN + 2)).unwrap_or("");
+        let (prefix, region) = head.split_once('_').unwrap_or((head, ""));
+        Self { text, prefix, region, key_id }
+    }
+
+    /// The prefix, e.g. `fraiseql`.
+    pub fn prefix(&self) -> &'a str {
+        self.prefix
+    }
+
+    /// The region, e.g. `us_east_1`.
+    pub fn region(&self) -> &'a str {
+        self.region
+    }
+
+    /// The key id.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The key id as it appears in the key (22 base62 digits): the lookup key for stored records.
+    pub fn key_id_str(&self) -> &'a str {
+        let end = self.text.len() - SECRET_LEN - CHECKSUM_LEN - 1;
+        &self.text[end - KEY_ID_LEN..end]
+    }
+
+    /// SHA-256 of the whole key, the form records hold.
+    pub fn hash(&self) -> SecretHash {
+        SecretHash::of_key(self.text)
+    }
+}
+
+impl fmt::Debug for ParsedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedKey")
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_limits_are_the_encodings_of_all_ones() {
+        let mut id = [0u8; KEY_ID_LEN];
+        assert!(base62::encode_into(&[0xff; 16], &mut id));
+        assert_eq!(&id, MAX_KEY_ID_DIGITS);
+        let mut secret = [0u8; SECRET_LEN];
+        assert!(base62::encode_into(&[0xff; 32], &mut secret));
+        assert_eq!(&secret, MAX_SECRET_DIGITS);
+    }
+
+    #[test]
+    fn widest_prefix_and_region_stay_within_the_length_limit() {
+        let prefix = Prefix::new("abcdefghijklmnop").unwrap();
+        let region = Region::new(&"a".repeat(REGION_MAX_LEN)).unwrap();
+        assert_eq!(Region::new(&"a".repeat(REGION_MAX_LEN + 1)), Err(KeyError::InvalidRegion));
+        let key = ApiKey::assemble(&prefix, &region, KeyId::from(u128::MAX), &KeySecret::from_bytes([0xff; 32]));
+        assert_eq!(key.expose().len(), MAX_KEY_LEN);
+        assert!(ParsedKey::parse(key.expose()).is_ok());
+    }
+
+    #[test]
+    fn key_ids_round_trip_through_their_digits() {
+        for value in
+            [0u128, 1, 61, 62, 3_843, u128::from(u64::MAX), u128::MAX, 0x0190_a1b2_c3d4_7e8f_9a0b_1c2d_3e4f_5061]
+        {
+            let id = KeyId::from(value);
+            assert_eq!(id.to_string().len(), KEY_ID_LEN);
+            assert_eq!(id.to_string().parse::<KeyId>(), Ok(id));
+        }
+        assert_eq!("00000000000000000000-0".parse::<KeyId>(), Err(KeyError::InvalidKeyId));
+        assert_eq!("0".parse::<KeyId>(), Err(KeyError::InvalidKeyId));
+    }
+
+    #[test]
+    fn one_more_than_the_largest_key_id_is_out_of_range() {
+        // "7n42DGM5Tflk9n8mt7Fhc8" is 2^128 exactly.
+        assert_eq!("7n42DGM5Tflk9n8mt7Fhc8".parse::<KeyId>(), Err(KeyError::KeyIdOutOfRange));
+        assert_eq!("7n42DGM5Tflk9n8mt7Fhc7".parse::<KeyId>(), Ok(KeyId::from(u128::MAX)));
+    }
+
+    #[test]
+    fn parts_of_an_assembled_key_match_a_fresh_parse() {
+        let key = ApiKey::assemble(
+            &Prefix::new("acme").unwrap(),
+            &Region::new("eu_west_2").unwrap(),
+            KeyId::from(42),
+            &KeySecret::from_bytes([7; 32]),
+        );
+        let parts = key.parts();
+        let parsed = ParsedKey::parse(key.expose()).unwrap();
+        assert_eq!(parts.prefix(), parsed.prefix());
+        assert_eq!(parts.region(), parsed.region());
+        assert_eq!(parts.key_id_str(), parsed.key_id_str());
+        assert_eq!(parsed.key_id_str(), "000000000000000000000g");
+    }
+
+    #[test]
+    fn uuid_v7_key_ids_carry_the_timestamp() {
+        struct Counting(u8);
+        impl RngCore for Counting {
+            fn next_u32(&mut self) -> u32 {
+                0
+            }
+            fn next_u64(&mut self) -> u64 {
+                0
+            }
+            fn fill_bytes(&mut self, dest: &mut [u8]) {
+                for byte in dest {
+                    self.0 = self.0.wrapping_add(1);
+                    *byte = self.0;
+                }
+            }
+            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+                self.fill_bytes(dest);
+                Ok(())
+            }
+        }
+        impl CryptoRng for Counting {}
+        let id = KeyId::new_v7(1_700_000_000_123, &mut Counting(0));
+        let uuid = id.to_uuid();
+        assert_eq!(uuid.get_version_num(), 7);
+        let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos / 1_000_000), (1_700_000_000, 123));
+    }
+}

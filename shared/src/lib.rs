@@ -1,0 +1,24 @@
+//! keygate's shared core, used by the control plane and the edge worker alike: key format v1, the
+//! stored form of a secret and its constant-time check, the replicated key record, permissions, and
+//! the signature on replication pushes.
+//!
+//! `no_std` + `alloc`, so it builds for `wasm32-unknown-unknown`; the default `std` feature only adds
+//! runtime CPU-feature detection for the checksum.
+
+#![cfg_attr(not(test), no_std)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+mod base62;
+pub mod hash;
+pub mod key;
+pub mod permissions;
+pub mod record;
+pub mod sync;
+
+pub use hash::{sha256_hex, SecretHash};
+pub use key::{ApiKey, KeyError, KeyId, KeySecret, ParsedKey, Prefix, Region};
+pub use permissions::{AdminScope, Denial, OperationKind, Permission, PermissionError, PermissionSet};
+pub use record::{KeyRecord, Refusal, SecretEntry};
+pub use sync::{SyncError, SyncPayload, SyncSecret};

@@ -1,0 +1,192 @@
+//! The replicated key record — what the edge knows of a key — and the check of a presented key against it.
+//!
+//! Times are unix seconds. The clock is a parameter: callers pass `now`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+use subtle::{Choice, ConstantTimeEq};
+
+use crate::hash::SecretHash;
+use crate::key::{KeyId, ParsedKey};
+use crate::permissions::PermissionSet;
+
+/// One generation of a key's secret, as replicated: its hash and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEntry {
+    /// SHA-256 of the whole key of this generation.
+    pub hash: SecretHash,
+    /// End of the grace period (unix seconds, exclusive); `None` for the current generation.
+    pub not_after: Option<i64>,
+}
+
+impl SecretEntry {
+    /// Whether this generation still opens the door at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.not_after.is_none_or(|end| now < end)
+    }
+}
+
+/// What the edge holds for one key id. A newer `seq` replaces an older record; an older one is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The key id.
+    pub key_id: KeyId,
+    /// The control plane's change sequence number for this key; higher wins.
+    pub seq: u64,
+    /// Rate-limit tier, e.g. `default` or `premium`.
+    pub tier: String,
+    /// What the key may do.
+    pub permissions: PermissionSet,
+    /// When the key expires (unix seconds, exclusive); `None` for never.
+    pub expires_at: Option<i64>,
+    /// Whether the key was revoked. A revoked record is kept so an older record can never bring it back.
+    pub revoked: bool,
+    /// Every generation whose secret may still work: the current one and those in their grace period.
+    pub secrets: Vec<SecretEntry>,
+}
+
+/// Why a well-formed key is refused by its record. The edge answers every one the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No record for this key id (or the record is for another id).
+    UnknownKey,
+    /// The secret matches no live generation (wrong, or its grace period has ended).
+    WrongSecret,
+    /// The key was revoked.
+    Revoked,
+    /// The key is past its expiry.
+    Expired,
+}
+
+impl Refusal {
+    /// A stable, greppable identifier, for logs and metrics (never for the client, which sees one answer).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UnknownKey => "unknown_key",
+            Self::WrongSecret => "wrong_secret",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UnknownKey => "no such key",
+            Self::WrongSecret => "the secret does not match",
+            Self::Revoked => "the key was revoked",
+            Self::Expired => "the key has expired",
+        })
+    }
+}
+
+impl core::error::Error for Refusal {}
+
+impl KeyRecord {
+    /// Checks a presented key at `now`: secret against every live generation (constant time, no early
+    /// exit), then revocation, then expiry. Permissions and rate limits come after, elsewhere.
+    pub fn check(&self, key: &ParsedKey<'_>, now: i64) -> Result<(), Refusal> {
+        if self.key_id != key.key_id() {
+            return Err(Refusal::UnknownKey);
+        }
+        let presented = key.hash();
+        let mut matched = Choice::from(0);
+        for secret in &self.secrets {
+            matched |= secret.hash.ct_eq(&presented) & Choice::from(u8::from(secret.is_live(now)));
+        }
+        if !bool::from(matched) {
+            return Err(Refusal::WrongSecret);
+        }
+        if self.revoked {
+            return Err(Refusal::Revoked);
+        }
+        if self.is_expired(now) {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+
+    /// Whether the key is past its expiry at `now`.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|end| now >= end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{ApiKey, KeySecret, Prefix, Region};
+
+    fn key(secret_byte: u8) -> ApiKey {
+        ApiKey::assemble(
+            &Prefix::default(),
+            &Region::default(),
+            KeyId::from(7),
+            &KeySecret::from_bytes([secret_byte; 32]),
+        )
+    }
+
+    fn record(secrets: Vec<SecretEntry>) -> KeyRecord {
+        KeyRecord {
+            key_id: KeyId::from(7),
+            seq: 1,
+            tier: "default".into(),
+            permissions: PermissionSet::parse(["query:read"]).unwrap(),
+            expires_at: Some(1_000),
+            revoked: false,
+            secrets,
+        }
+    }
+
+    #[test]
+    fn current_and_grace_secrets_work_until_their_end() {
+        let (old, new) = (key(1), key(2));
+        let record = record(vec![
+            SecretEntry { hash: new.hash(), not_after: None },
+            SecretEntry { hash: old.hash(), not_after: Some(500) },
+        ]);
+        assert_eq!(record.check(&new.parts(), 499), Ok(()));
+        assert_eq!(record.check(&old.parts(), 499), Ok(()));
+        assert_eq!(record.check(&old.parts(), 500), Err(Refusal::WrongSecret));
+        assert_eq!(record.check(&new.parts(), 500), Ok(()));
+        assert_eq!(record.check(&key(3).parts(), 0), Err(Refusal::WrongSecret));
+    }
+
+    #[test]
+    fn revocation_and_expiry_refuse_a_right_secret() {
+        let good = key(1);
+        let mut record = record(vec![SecretEntry { hash: good.hash(), not_after: None }]);
+        assert_eq!(record.check(&good.parts(), 999), Ok(()));
+        assert_eq!(record.check(&good.parts(), 1_000), Err(Refusal::Expired));
+        record.revoked = true;
+        assert_eq!(record.check(&good.parts(), 0), Err(Refusal::Revoked));
+    }
+
+    #[test]
+    fn a_record_for_another_id_does_not_match() {
+        let other =
+            ApiKey::assemble(&Prefix::default(), &Region::default(), KeyId::from(8), &KeySecret::from_bytes([1; 32]));
+        let record = record(vec![SecretEntry { hash: other.hash(), not_after: None }]);
+        assert_eq!(record.check(&other.parts(), 0), Err(Refusal::UnknownKey));
+    }
+
+    #[test]
+    fn wire_form_is_the_one_design_md_names() {
+        let good = key(1);
+        let record = record(vec![SecretEntry { hash: good.hash(), not_after: Some(5) }]);
+        let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["key_id"], "0000000000000000000007");
+        assert_eq!(json["permissions"], serde_json::json!(["query:read"]));
+        assert_eq!(json["secrets"][0]["hash"], good.hash().to_hex());
+        assert_eq!(json["secrets"][0]["not_after"], 5);
+        assert_eq!(json["expires_at"], 1_000);
+        assert_eq!(json["revoked"], false);
+        let back: KeyRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+    }
+}
