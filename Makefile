@@ -14,7 +14,7 @@ help:
 	@echo "make lint     rustfmt and clippy, native and wasm"
 	@echo "make bench    criterion micro-benchmarks of the key check"
 	@echo "make vectors  rewrite shared/testdata after a deliberate key-format change"
-	@echo "make fuzz     a short run of every fuzz target (needs cargo-fuzz)"
+	@echo "make fuzz     a short run of every fuzz target (installs cargo-fuzz if missing)"
 
 ## Toolchain pieces a fresh machine lacks: the wasm target (the worker and shared's no_std build).
 setup:
@@ -30,7 +30,8 @@ dev:
 	  && echo "  keygate key inspect    -> $$(target/release/keygate key inspect "$$key")"
 
 test: setup
-	$(CARGO) test --workspace
+	# The KMS API server (moto) for the aws provider's tests: installed once into the per-user cache.
+	KEYGATE_KMS_SERVER="$$(scripts/kms-server.sh)" $(CARGO) test --workspace
 	# shared must stay no_std: build it (and the worker crate on top of it) for the wasm target.
 	$(CARGO) build -p keygate-shared --target $(WASM_TARGET) --no-default-features
 	$(CARGO) build -p keygate-edge --target $(WASM_TARGET)
@@ -46,8 +47,16 @@ bench:
 vectors:
 	KEYGATE_BLESS=1 $(CARGO) test -p keygate-shared --test it vectors
 
+# Downloaded tools live in a per-user cache outside the clone, named by version, so fresh clones reuse them.
+TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/keygate/tools
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(TOOLS_DIR)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 FUZZ_SECONDS ?= 20
-fuzz:
-	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is not installed: cargo install cargo-fuzz"; exit 1; }
-	cd fuzz && for target in $$(cargo fuzz list); do \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024; done
+
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --version =$(CARGO_FUZZ_VERSION) --locked --root $(TOOLS_DIR)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+
+# cargo-fuzz wants nightly for its sanitizer flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+fuzz: $(CARGO_FUZZ)
+	cd fuzz && for target in $$($(CARGO_FUZZ) list); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; done

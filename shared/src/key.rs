@@ -253,6 +253,11 @@ impl KeyId {
         Self::from(uuid::Builder::from_unix_timestamp_millis(unix_millis, &random).into_uuid())
     }
 
+    /// The id with this numeric value (usable in constants).
+    pub const fn from_u128(value: u128) -> Self {
+        Self(value)
+    }
+
     /// The id as a number.
     pub fn as_u128(self) -> u128 {
         self.0

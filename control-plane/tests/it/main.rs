@@ -1,5 +1,8 @@
-//! The `keygate` binary, run as a user would run it.
+//! The control plane's integration tests, one binary: the `keygate` binary run as a user would, and the
+//! parts it is built from, against real servers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod key_commands;
+mod kms;
+mod support;

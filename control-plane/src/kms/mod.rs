@@ -1,0 +1,135 @@
+//! KMS: where data keys come from, and how they are wrapped so the database never holds one in the clear.
+//!
+//! Two real providers behind one trait: [`aws::AwsKms`] (aws-sdk-kms, any KMS-compatible endpoint) and
+//! [`local::LocalKms`] (a master-key file, for development only). Both bind a [`KmsContext`] into every
+//! wrap: a data key unwrapped under another key id or purpose fails.
+
+pub mod aws;
+pub mod local;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use keygate_shared::KeyId;
+use zeroize::Zeroizing;
+
+/// Length of a data key: AES-256.
+pub const DATA_KEY_LEN: usize = 32;
+
+/// A plaintext data key. Wiped on drop; `Debug` prints nothing of it.
+pub struct DataKey(Zeroizing<[u8; DATA_KEY_LEN]>);
+
+impl DataKey {
+    /// Copies key bytes into a zeroizing home (the caller wipes its own copy).
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        if bytes.len() != DATA_KEY_LEN {
+            return None;
+        }
+        key.copy_from_slice(bytes);
+        Some(Self(key))
+    }
+
+    /// The key bytes, for the AEAD that uses them. Never log or store them.
+    pub fn expose(&self) -> &[u8; DATA_KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey(<redacted>)")
+    }
+}
+
+/// A data key as KMS wrapped it, and which KMS key wrapped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// The provider's ciphertext blob; opaque.
+    pub blob: Vec<u8>,
+    /// The KMS key that wrapped it (an ARN for AWS, `local:<fingerprint>` for the local provider).
+    pub kms_key_id: String,
+}
+
+/// What a data key protects, bound into its wrapping (AWS encryption context; AAD for the local provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KmsContext {
+    /// The API key whose secret the data key encrypts.
+    pub key_id: KeyId,
+    /// What the data key is for.
+    pub purpose: Purpose,
+}
+
+/// Why a data key exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Encrypting one generation of an API key's secret.
+    ApiKeySecret,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKeySecret => "api-key-secret",
+        }
+    }
+}
+
+impl KmsContext {
+    /// The context for an API key's secret.
+    pub fn api_key_secret(key_id: KeyId) -> Self {
+        Self { key_id, purpose: Purpose::ApiKeySecret }
+    }
+
+    /// The context as AWS encryption-context pairs.
+    pub fn pairs(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("keygate:key_id".to_owned(), self.key_id.to_string()),
+            ("keygate:purpose".to_owned(), self.purpose.as_str().to_owned()),
+        ])
+    }
+
+    /// The context as bytes, one unambiguous encoding: fixed-width key id, then the purpose.
+    pub(crate) fn to_aad(self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(64);
+        aad.extend_from_slice(b"keygate:key_id=");
+        aad.extend_from_slice(self.key_id.to_string().as_bytes());
+        aad.extend_from_slice(b";keygate:purpose=");
+        aad.extend_from_slice(self.purpose.as_str().as_bytes());
+        aad
+    }
+}
+
+/// A boxed error from a provider's client, kept for logs (never sent to a client).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a KMS call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// KMS could not be reached or did not answer in time: a 503, retry later.
+    #[error("KMS is unavailable")]
+    Unavailable(#[source] Cause),
+    /// KMS answered and refused: wrong key or context, a tampered blob, no permission.
+    #[error("KMS refused the request")]
+    Refused(#[source] Cause),
+    /// KMS answered with something that is not a 256-bit data key.
+    #[error("KMS returned a malformed response")]
+    Malformed,
+}
+
+/// A key-management service that makes, unwraps and rewraps data keys.
+#[async_trait]
+pub trait Kms: Send + Sync + fmt::Debug {
+    /// `local` or `aws`.
+    fn provider(&self) -> &'static str;
+
+    /// A fresh AES-256 data key, in the clear and wrapped under the current KMS key.
+    async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError>;
+
+    /// Unwraps a data key; fails unless `context` is the one it was wrapped with.
+    async fn decrypt(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<DataKey, KmsError>;
+
+    /// Re-wraps a data key under the current KMS key without exposing it here (AWS ReEncrypt).
+    async fn rewrap(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<WrappedKey, KmsError>;
+}

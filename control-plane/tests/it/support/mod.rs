@@ -1,0 +1,3 @@
+//! Real parts the tests start themselves.
+
+pub mod kms_server;
