@@ -22,7 +22,7 @@ pub struct DataKey(Zeroizing<[u8; DATA_KEY_LEN]>);
 
 impl DataKey {
     /// Copies key bytes into a zeroizing home (the caller wipes its own copy).
-    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
         if bytes.len() != DATA_KEY_LEN {
             return None;
