@@ -58,8 +58,8 @@ pub fn sha256_hex(key: &str) -> String {
 }
 
 impl ConstantTimeEq for SecretHash {
-    /// OR of the XORs of every byte, then one `subtle` comparison with zero: no branch depends on the
-    /// data, and it costs a few vector instructions instead of `subtle`'s per-byte barriers.
+    /// The bitwise differences of all bytes OR-ed together, then one `subtle` comparison with zero: no
+    /// branch depends on the data, and it costs a few vector instructions, not `subtle`'s per-byte barriers.
     fn ct_eq(&self, other: &Self) -> Choice {
         let difference = self.0.iter().zip(&other.0).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         difference.ct_eq(&0)
