@@ -51,7 +51,7 @@ pub enum KeyError {
     MissingParts,
     /// The prefix is not `[a-z][a-z0-9]{1,15}`.
     InvalidPrefix,
-    /// The region is not one or more `[a-z0-9]+` words joined by `_`, or is too long.
+    /// The region is not one or more `[a-z0-9]+` words joined by `_` (or, when configured, is too long).
     InvalidRegion,
     /// The key id field is not 22 base62 characters.
     InvalidKeyId,
@@ -138,7 +138,7 @@ fn is_valid_region(region: &[u8]) -> bool {
     };
     let words_ok =
         region.windows(2).fold(true, |ok, pair| ok & (is_lower_alnum(pair[1]) | (pair[1] == b'_' && pair[0] != b'_')));
-    region.len() <= REGION_MAX_LEN && is_lower_alnum(*first) && is_lower_alnum(*last) && words_ok
+    is_lower_alnum(*first) && is_lower_alnum(*last) && words_ok
 }
 
 /// Where a fixed-width field that ends at `end` should start, and what is wrong when it is not there.
@@ -209,7 +209,8 @@ pub struct Region(String);
 impl Region {
     /// Checks and wraps a region.
     pub fn new(region: &str) -> Result<Self, KeyError> {
-        if is_valid_region(region.as_bytes()) {
+        // A configured region must leave room for any prefix; a presented key is bounded by its length.
+        if region.len() <= REGION_MAX_LEN && is_valid_region(region.as_bytes()) {
             Ok(Self(region.into()))
         } else {
             Err(KeyError::InvalidRegion)
@@ -572,6 +573,16 @@ mod tests {
         let key = ApiKey::assemble(&prefix, &region, KeyId::from(u128::MAX), &KeySecret::from_bytes([0xff; 32]));
         assert_eq!(key.expose().len(), MAX_KEY_LEN);
         assert!(ParsedKey::parse(key.expose()).is_ok());
+    }
+
+    #[test]
+    fn a_presented_key_may_have_a_long_region_under_a_short_prefix() {
+        let region = "b".repeat(MAX_KEY_LEN - 2 - KEY_ID_LEN - SECRET_LEN - CHECKSUM_LEN - 3);
+        assert!(region.len() > REGION_MAX_LEN);
+        let body = format!("ab_{region}_{}_{}", KeyId::from(1), "0".repeat(SECRET_LEN));
+        let key = format!("{body}{}", core::str::from_utf8(&checksum_digits(&body)).unwrap());
+        assert_eq!(key.len(), MAX_KEY_LEN);
+        assert_eq!(ParsedKey::parse(&key).map(|k| k.region().len()), Ok(region.len()));
     }
 
     #[test]
