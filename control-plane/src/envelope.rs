@@ -35,7 +35,7 @@ fn aad(key_id: KeyId, generation: u32) -> Vec<u8> {
 }
 
 /// Seals `key` as generation `generation`: returns nonce followed by ciphertext and tag.
-pub fn seal<R: RngCore + CryptoRng>(
+pub fn seal<R: RngCore + CryptoRng + ?Sized>(
     data_key: &DataKey,
     key: &ApiKey,
     generation: u32,

@@ -1,5 +1,10 @@
 //! keygate's control plane: where keys are born and die. This crate also builds the `keygate` binary.
 
+pub mod api;
+pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod envelope;
 pub mod kms;
+pub mod service;
+pub mod store;

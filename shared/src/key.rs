@@ -248,7 +248,7 @@ pub struct KeyId(u128);
 
 impl KeyId {
     /// A new UUIDv7 key id: `unix_millis` in the top 48 bits, the rest from `rng`.
-    pub fn new_v7<R: RngCore + CryptoRng>(unix_millis: u64, rng: &mut R) -> Self {
+    pub fn new_v7<R: RngCore + CryptoRng + ?Sized>(unix_millis: u64, rng: &mut R) -> Self {
         let mut random = [0u8; 10];
         rng.fill_bytes(&mut random);
         Self::from(uuid::Builder::from_unix_timestamp_millis(unix_millis, &random).into_uuid())
@@ -353,7 +353,7 @@ pub struct KeySecret(Zeroizing<[u8; 32]>);
 
 impl KeySecret {
     /// Fresh secret bits from `rng` (the OS CSPRNG in production).
-    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+    pub fn generate<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(bytes.as_mut());
         Self(bytes)
@@ -407,7 +407,12 @@ impl ApiKey {
     }
 
     /// A new key: a UUIDv7 key id stamped `unix_millis` and a fresh secret, both from `rng`.
-    pub fn generate<R: RngCore + CryptoRng>(prefix: &Prefix, region: &Region, unix_millis: u64, rng: &mut R) -> Self {
+    pub fn generate<R: RngCore + CryptoRng + ?Sized>(
+        prefix: &Prefix,
+        region: &Region,
+        unix_millis: u64,
+        rng: &mut R,
+    ) -> Self {
         let key_id = KeyId::new_v7(unix_millis, rng);
         let secret = KeySecret::generate(rng);
         Self::assemble(prefix, region, key_id, &secret)

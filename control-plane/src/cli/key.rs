@@ -5,21 +5,15 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use keygate_shared::{ApiKey, ParsedKey, Prefix, Region};
+use keygate_shared::{ApiKey, ParsedKey};
 use rand_core::OsRng;
 use serde::Serialize;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Print a fresh well-formed key (UUIDv7 key id, 256-bit secret from the OS CSPRNG).
-    Generate {
-        /// Key prefix, `[a-z][a-z0-9]{1,15}`.
-        #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value_t = Prefix::default())]
-        prefix: Prefix,
-        /// Region, `[a-z0-9]+` words joined by `_`.
-        #[arg(long, env = "KEYGATE_REGION", default_value_t = Region::default())]
-        region: Region,
-    },
+    /// Print a fresh well-formed key (UUIDv7 key id, 256-bit secret from the OS CSPRNG) with the
+    /// configured `--prefix` and `--region`.
+    Generate,
     /// Check a key offline and print one JSON object; exit 0 if well formed, 1 if not. Never prints the secret.
     Inspect {
         /// The key, or `-` to read it from standard input (keeps it out of shell history and `ps`).
@@ -70,10 +64,10 @@ impl Inspection {
 }
 
 impl KeyCommand {
-    pub(crate) fn run(self, out: &mut dyn Write, input: &mut dyn BufRead) -> ExitCode {
+    pub(crate) fn run(self, config: &super::Config, out: &mut dyn Write, input: &mut dyn BufRead) -> ExitCode {
         match self {
-            Self::Generate { prefix, region } => {
-                let key = ApiKey::generate(&prefix, &region, unix_millis_now(), &mut OsRng);
+            Self::Generate => {
+                let key = ApiKey::generate(&config.key_prefix, &config.region, unix_millis_now(), &mut OsRng);
                 write_line(out, key.expose())
             }
             Self::Inspect { key } => {

@@ -68,6 +68,10 @@ impl Kms for AwsKms {
         "aws"
     }
 
+    fn current_key_id(&self) -> &str {
+        &self.key_id
+    }
+
     async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
         let response = self
             .client

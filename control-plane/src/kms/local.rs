@@ -152,6 +152,10 @@ impl<R: RngCore + CryptoRng + Send> Kms for LocalKms<R> {
         "local"
     }
 
+    fn current_key_id(&self) -> &str {
+        &self.key_id
+    }
+
     async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
         let mut bytes = Zeroizing::new([0u8; DATA_KEY_LEN]);
         self.fill_random(bytes.as_mut());

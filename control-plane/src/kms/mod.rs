@@ -124,6 +124,9 @@ pub trait Kms: Send + Sync + fmt::Debug {
     /// `local` or `aws`.
     fn provider(&self) -> &'static str;
 
+    /// The KMS key new data keys are wrapped under (what a rewrap moves every data key to).
+    fn current_key_id(&self) -> &str;
+
     /// A fresh AES-256 data key, in the clear and wrapped under the current KMS key.
     async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError>;
 

@@ -1,0 +1,445 @@
+//! The admin routes: keys, reveal, audit log, KMS rewrap. Each handler authenticates first, with the
+//! scope it needs; the request body is read only after that.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use keygate_shared::{AdminScope, KeyId};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, JsonBody};
+use super::AppState;
+use crate::service::{Actor, KeyView, NewKey};
+use crate::store::SecretRow;
+
+/// RFC 3339 (UTC, whole seconds) for unix seconds.
+pub(crate) fn rfc3339(unix_seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(unix_seconds, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn authorize(state: &AppState, headers: &HeaderMap, scope: AdminScope, action: &str) -> Result<Actor, ApiError> {
+    Ok(state.service.authenticate(bearer(headers), scope, action).await?)
+}
+
+/// A path id that is not a key id names no key.
+fn key_id(text: &str) -> Result<KeyId, ApiError> {
+    text.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "key_not_found", "no API key with this id"))
+}
+
+/// Body of `POST /admin/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Display name, 1 to 200 characters.
+    name: String,
+    /// Rate-limit tier, `[a-z0-9_-]{1,32}`; `default` when absent.
+    #[serde(default = "default_tier")]
+    tier: String,
+    /// Permission strings, e.g. `query:read`, `batch:10`, `*`.
+    permissions: Vec<String>,
+    /// Lifetime in days (1 to 3650); 90 when absent.
+    expires_in_days: Option<i64>,
+    /// Region of the key text; the deployment's when absent.
+    region: Option<String>,
+    /// Who the key belongs to.
+    owner: Option<String>,
+    /// A JSON object of at most 8 KiB.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
+fn default_tier() -> String {
+    "default".into()
+}
+
+/// A key's metadata: never its secret or a hash of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyResponse {
+    api_key_id: String,
+    name: String,
+    owner: Option<String>,
+    tier: String,
+    permissions: Vec<String>,
+    #[schema(value_type = Object)]
+    metadata: serde_json::Value,
+    prefix: String,
+    region: String,
+    /// `active`, `revoked` or `expired`.
+    status: &'static str,
+    /// Past 80% of its lifetime.
+    should_rotate: bool,
+    created_at: String,
+    expires_at: Option<String>,
+    rotated_at: Option<String>,
+    revoked_at: Option<String>,
+    revoked_reason: Option<String>,
+    generation: i64,
+}
+
+impl From<KeyView> for KeyResponse {
+    fn from(view: KeyView) -> Self {
+        let row = view.row;
+        Self {
+            api_key_id: row.id.to_string(),
+            name: row.name,
+            owner: row.owner,
+            tier: row.tier,
+            permissions: row.permissions,
+            metadata: row.metadata,
+            prefix: row.prefix,
+            region: row.region,
+            status: view.status,
+            should_rotate: view.should_rotate,
+            created_at: rfc3339(row.created_at),
+            expires_at: row.expires_at.map(rfc3339),
+            rotated_at: row.rotated_at.map(rfc3339),
+            revoked_at: row.revoked_at.map(rfc3339),
+            revoked_reason: row.revoked_reason,
+            generation: row.generation,
+        }
+    }
+}
+
+/// Answer of `POST /admin/api-keys`: the only time the key is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedResponse {
+    /// The whole key. Store it now: keygate shows it again only through reveal.
+    api_key: String,
+    #[serde(flatten)]
+    key: KeyResponse,
+}
+
+impl From<crate::service::Created> for CreatedResponse {
+    fn from(created: crate::service::Created) -> Self {
+        Self { api_key: created.key.expose().to_owned(), key: created.view.into() }
+    }
+}
+
+#[utoipa::path(post, path = "/admin/api-keys", tag = "keys", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedResponse), (status = 422, body = super::error::ErrorBody)),
+    security(("admin_key" = ["admin:keys:write"])))]
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<CreateKeyRequest>, ApiError>,
+) -> Result<(StatusCode, Json<CreatedResponse>), ApiError> {
+    let actor = authorize(&state, &headers, AdminScope::KeysWrite, "key.create").await?;
+    let JsonBody(request) = body?;
+    let created = state
+        .service
+        .create(
+            &actor,
+            NewKey {
+                name: request.name,
+                tier: request.tier,
+                permissions: request.permissions,
+                expires_in_days: request.expires_in_days,
+                region: request.region,
+                owner: request.owner,
+                metadata: request.metadata,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// Paging through keys.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<i64>,
+    /// Continue after this key id (the previous page's `next_after`).
+    after: Option<String>,
+}
+
+/// A page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyPage {
+    items: Vec<KeyResponse>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next_after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/admin/api-keys", tag = "keys", params(ListQuery),
+    responses((status = 200, body = KeyPage)), security(("admin_key" = ["admin:keys:read"])))]
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KeyPage>, ApiError> {
+    authorize(&state, &headers, AdminScope::KeysRead, "key.list").await?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let after = match query.after.as_deref() {
+        Some(text) => Some(text.parse::<KeyId>().map_err(|_| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "after must be an api_key_id")
+        })?),
+        None => None,
+    };
+    let views = state.service.list(after, limit).await?;
+    let next_after = (views.len() as i64 == limit).then(|| views.last().map(|v| v.row.id.to_string())).flatten();
+    Ok(Json(KeyPage { items: views.into_iter().map(KeyResponse::from).collect(), next_after }))
+}
+
+/// One generation of a key's secret: no hash, no ciphertext.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerationResponse {
+    generation: i64,
+    /// `current`, `grace` (the old secret still works) or `retired`.
+    status: &'static str,
+    created_at: String,
+    not_after: Option<String>,
+    kms_key_id: String,
+    data_key_version: i64,
+}
+
+/// One key, with its generations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyDetail {
+    #[serde(flatten)]
+    key: KeyResponse,
+    generations: Vec<GenerationResponse>,
+}
+
+#[utoipa::path(get, path = "/admin/api-keys/{id}", tag = "keys", params(("id" = String, Path, description = "api_key_id")),
+    responses((status = 200, body = KeyDetail), (status = 404, body = super::error::ErrorBody)),
+    security(("admin_key" = ["admin:keys:read"])))]
+pub(crate) async fn show_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<KeyDetail>, ApiError> {
+    authorize(&state, &headers, AdminScope::KeysRead, "key.show").await?;
+    let (view, secrets) = state.service.show(key_id(&id)?).await?;
+    let now = state.service.clock().now();
+    let generations = secrets.iter().map(|s| generation(s, view.row.generation, now)).collect();
+    Ok(Json(KeyDetail { key: view.into(), generations }))
+}
+
+fn generation(secret: &SecretRow, current: i64, now: i64) -> GenerationResponse {
+    let status = if secret.generation == current {
+        "current"
+    } else if secret.not_after.is_some_and(|end| now < end) {
+        "grace"
+    } else {
+        "retired"
+    };
+    GenerationResponse {
+        generation: secret.generation,
+        status,
+        created_at: rfc3339(secret.created_at),
+        not_after: secret.not_after.map(rfc3339),
+        kms_key_id: secret.kms_key_id.clone(),
+        data_key_version: secret.data_key_version,
+    }
+}
+
+/// Body of a reroll; may be empty.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old secret keeps working, 0 to 2592000 s (default 86400), capped at the key's expiry.
+    grace_period_secs: Option<i64>,
+}
+
+/// Answer of a reroll.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedResponse {
+    /// The new whole key, shown once.
+    api_key: String,
+    api_key_id: String,
+    generation: i64,
+    /// When the previous secret stops working.
+    previous_valid_until: String,
+}
+
+/// An optional JSON body: absent (no bytes) means the default.
+async fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    request: axum::extract::Request,
+    state: &AppState,
+) -> Result<T, ApiError> {
+    let empty = request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v == "0")
+        || (request.headers().get(header::CONTENT_TYPE).is_none()
+            && request.headers().get(header::TRANSFER_ENCODING).is_none()
+            && request.headers().get(header::CONTENT_LENGTH).is_none());
+    if empty {
+        return Ok(T::default());
+    }
+    let JsonBody(value) = <JsonBody<T> as axum::extract::FromRequest<AppState>>::from_request(request, state).await?;
+    Ok(value)
+}
+
+#[utoipa::path(post, path = "/admin/api-keys/{id}/rotate", tag = "keys", params(("id" = String, Path)),
+    request_body(content = Option<RotateRequest>), responses((status = 200, body = RotatedResponse)),
+    security(("admin_key" = ["admin:keys:write"])))]
+pub(crate) async fn rotate_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Json<RotatedResponse>, ApiError> {
+    let actor = authorize(&state, request.headers(), AdminScope::KeysWrite, "key.rotate").await?;
+    let id = key_id(&id)?;
+    let body: RotateRequest = optional_body(request, &state).await?;
+    let rotated = state.service.rotate(&actor, id, body.grace_period_secs).await?;
+    Ok(Json(RotatedResponse {
+        api_key: rotated.key.expose().to_owned(),
+        api_key_id: id.to_string(),
+        generation: rotated.generation,
+        previous_valid_until: rfc3339(rotated.previous_valid_until),
+    }))
+}
+
+/// Body of a revocation; may be empty.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Why, up to 500 characters.
+    reason: Option<String>,
+}
+
+#[utoipa::path(post, path = "/admin/api-keys/{id}/revoke", tag = "keys", params(("id" = String, Path)),
+    request_body(content = Option<RevokeRequest>), responses((status = 200, body = KeyResponse)),
+    security(("admin_key" = ["admin:keys:write"])))]
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Json<KeyResponse>, ApiError> {
+    let actor = authorize(&state, request.headers(), AdminScope::KeysWrite, "key.revoke").await?;
+    let id = key_id(&id)?;
+    let body: RevokeRequest = optional_body(request, &state).await?;
+    Ok(Json(state.service.revoke(&actor, id, body.reason).await?.into()))
+}
+
+/// Answer of reveal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevealedResponse {
+    /// The current whole key.
+    api_key: String,
+    api_key_id: String,
+}
+
+#[utoipa::path(post, path = "/admin/api-keys/{id}/reveal", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = RevealedResponse)), security(("admin_key" = ["admin:reveal"])))]
+pub(crate) async fn reveal_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<RevealedResponse>, ApiError> {
+    let actor = authorize(&state, &headers, AdminScope::Reveal, "key.reveal").await?;
+    let id = key_id(&id)?;
+    let key = state.service.reveal(&actor, id).await?;
+    Ok(Json(RevealedResponse { api_key: key.expose().to_owned(), api_key_id: id.to_string() }))
+}
+
+/// Filtering the audit log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only entries about this key.
+    key_id: Option<String>,
+    /// At most this many entries, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// One audit entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntryResponse {
+    seq: i64,
+    at: String,
+    actor: String,
+    action: String,
+    key_id: Option<String>,
+    outcome: String,
+    #[schema(value_type = Object)]
+    detail: serde_json::Value,
+    prev_hash: String,
+    hash: String,
+}
+
+/// Audit entries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    entries: Vec<AuditEntryResponse>,
+}
+
+#[utoipa::path(get, path = "/admin/audit-log", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage)), security(("admin_key" = ["admin:audit:read"])))]
+pub(crate) async fn audit_log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    authorize(&state, &headers, AdminScope::AuditRead, "audit.read").await?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let key_id = match query.key_id.as_deref() {
+        Some(text) => Some(text.parse::<KeyId>().map_err(|_| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "key_id must be an api_key_id")
+        })?),
+        None => None,
+    };
+    let entries = state.service.audit_log(key_id, limit).await?;
+    let entries = entries
+        .into_iter()
+        .map(|e| AuditEntryResponse {
+            seq: e.seq,
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            key_id: e.key_id,
+            outcome: e.outcome,
+            detail: serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::Null),
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        })
+        .collect();
+    Ok(Json(AuditPage { entries }))
+}
+
+/// Answer of a rewrap.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RewrapResponse {
+    /// Data keys re-encrypted by this call.
+    rewrapped: u64,
+    /// The KMS key they are now wrapped under.
+    kms_key_id: String,
+}
+
+#[utoipa::path(post, path = "/admin/kms/rewrap", tag = "kms",
+    responses((status = 200, body = RewrapResponse), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_key" = ["admin:kms"])))]
+pub(crate) async fn rewrap(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<RewrapResponse>, ApiError> {
+    let actor = authorize(&state, &headers, AdminScope::Kms, "kms.rewrap").await?;
+    let rewrapped = state.service.rewrap(&actor, &|_, _| {}).await?;
+    Ok(Json(RewrapResponse { rewrapped, kms_key_id: state.service.kms().current_key_id().to_owned() }))
+}

@@ -1,0 +1,103 @@
+//! The flags every command shares, each with its environment variable (DESIGN.md's table), and how
+//! they become a running [`Service`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+use keygate_shared::{Prefix, Region};
+use rand_core::OsRng;
+
+use crate::clock::SystemClock;
+use crate::kms::aws::AwsKms;
+use crate::kms::local::LocalKms;
+use crate::kms::Kms;
+use crate::service::{Service, Settings};
+use crate::store;
+
+/// Which KMS wraps data keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KmsKind {
+    /// A master key in a file (development only).
+    Local,
+    /// AWS KMS or a server speaking its API.
+    Aws,
+}
+
+/// Configuration shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the admin API listens on.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+    /// `sqlite://path` (created) or `postgres://...`.
+    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = "sqlite://data/keygate.db", global = true)]
+    pub database_url: String,
+    /// KMS provider.
+    #[arg(long, env = "KEYGATE_KMS", value_enum, default_value = "local", global = true)]
+    pub kms: KmsKind,
+    /// Local KMS: the master key file (created 0600 if absent).
+    #[arg(long, env = "KEYGATE_KMS_MASTER_KEY_FILE", default_value = "data/master.key", global = true)]
+    pub kms_master_key_file: PathBuf,
+    /// AWS KMS: key id, ARN or alias new data keys are wrapped under.
+    #[arg(long, env = "KEYGATE_KMS_KEY_ID", global = true)]
+    pub kms_key_id: Option<String>,
+    /// AWS KMS: endpoint URL in place of AWS's (a local KMS API server).
+    #[arg(long, env = "KEYGATE_KMS_ENDPOINT", global = true)]
+    pub kms_endpoint: Option<String>,
+    /// Prefix of new keys, `[a-z][a-z0-9]{1,15}`.
+    #[arg(long, visible_alias = "prefix", env = "KEYGATE_KEY_PREFIX", default_value_t = Prefix::default(), global = true)]
+    pub key_prefix: Prefix,
+    /// Region of new keys: `[a-z0-9]+` words joined by `_`.
+    #[arg(long, env = "KEYGATE_REGION", default_value_t = Region::default(), global = true)]
+    pub region: Region,
+    /// The edge worker's URL, for replication.
+    #[arg(long, env = "KEYGATE_EDGE_URL", global = true)]
+    pub edge_url: Option<String>,
+    /// Shared secret signing replication pushes (required with --edge-url).
+    #[arg(long, env = "KEYGATE_SYNC_SECRET", hide_env_values = true, global = true)]
+    pub sync_secret: Option<String>,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// --kms aws without --kms-key-id.
+    #[error("--kms aws needs --kms-key-id (KEYGATE_KMS_KEY_ID)")]
+    MissingKmsKeyId,
+    /// The local master key file is unusable.
+    #[error(transparent)]
+    MasterKey(#[from] crate::kms::local::MasterKeyError),
+    /// The database cannot be opened.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] store::StoreError),
+    /// --edge-url without --sync-secret.
+    #[error("--edge-url needs --sync-secret (KEYGATE_SYNC_SECRET)")]
+    MissingSyncSecret,
+}
+
+impl Config {
+    /// The KMS provider this configuration names.
+    pub async fn kms(&self) -> Result<Arc<dyn Kms>, ConfigError> {
+        Ok(match self.kms {
+            KmsKind::Local => Arc::new(LocalKms::open_or_create(&self.kms_master_key_file)?),
+            KmsKind::Aws => {
+                let key_id = self.kms_key_id.clone().ok_or(ConfigError::MissingKmsKeyId)?;
+                Arc::new(AwsKms::connect(key_id, self.kms_endpoint.clone()).await)
+            }
+        })
+    }
+
+    /// Opens the database (running migrations) and the KMS, and builds the service on the system clock
+    /// and the OS CSPRNG.
+    pub async fn service(&self) -> Result<Arc<Service>, ConfigError> {
+        if self.edge_url.is_some() && self.sync_secret.is_none() {
+            return Err(ConfigError::MissingSyncSecret);
+        }
+        let kms = self.kms().await?;
+        let store = store::connect(&self.database_url).await?;
+        let settings = Settings { prefix: self.key_prefix.clone(), region: self.region.clone(), ..Settings::default() };
+        Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))
+    }
+}

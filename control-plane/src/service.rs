@@ -1,0 +1,704 @@
+//! The key lifecycle — create, reroll, revoke, reveal, verify — and admin authentication, rewrap and
+//! the audit log, over a [`Store`] and a [`Kms`]. Clock and randomness are parameters.
+//!
+//! KMS is called before anything is written, so a KMS outage leaves no trace; verification and admin
+//! authentication never call KMS.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use keygate_shared::{
+    AdminScope, ApiKey, KeyId, KeyRecord, KeySecret, ParsedKey, PermissionSet, Prefix, Region, SecretEntry,
+};
+use rand_core::CryptoRngCore;
+use serde_json::json;
+
+use crate::audit::{verify_chain, AuditDraft, AuditEntry, ChainBreak};
+use crate::clock::Clock;
+use crate::envelope::{self, EnvelopeError};
+use crate::kms::{Kms, KmsContext, KmsError, WrappedKey};
+use crate::store::{Change, KeyRow, Op, SecretRow, Store, StoreError};
+
+/// Seconds in a day.
+const DAY: i64 = 86_400;
+/// Longest lifetime a key may be given.
+pub const MAX_EXPIRY_DAYS: i64 = 3_650;
+/// Longest grace period a reroll may give the old secret.
+pub const MAX_GRACE_SECS: i64 = 30 * DAY;
+/// Rewrap calls in flight at once.
+const REWRAP_CONCURRENCY: usize = 16;
+
+/// Deployment settings the lifecycle needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Prefix of new keys.
+    pub prefix: Prefix,
+    /// Region of new keys unless a request names another.
+    pub region: Region,
+    /// Lifetime of a key created without `expires_in_days`.
+    pub default_expiry_days: i64,
+    /// Grace period of a reroll without `grace_period_secs`.
+    pub default_grace_secs: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { prefix: Prefix::default(), region: Region::default(), default_expiry_days: 90, default_grace_secs: DAY }
+    }
+}
+
+/// Why a lifecycle call failed. Each variant has a stable code and an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is well-formed JSON but its values are not acceptable.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, for the caller.
+        message: String,
+    },
+    /// No key with this id.
+    #[error("no API key with this id")]
+    NotFound,
+    /// The key was revoked: it cannot be rerolled.
+    #[error("the API key is revoked")]
+    Revoked,
+    /// The key has expired: it cannot be rerolled.
+    #[error("the API key has expired")]
+    Expired,
+    /// Another change to the same key won the race; retry.
+    #[error("the API key changed while the request ran; retry")]
+    Conflict,
+    /// No usable admin key was presented.
+    #[error("a valid admin key is required")]
+    Unauthorized,
+    /// The admin key lacks the scope.
+    #[error("the admin key lacks the {0} permission")]
+    Forbidden(&'static str),
+    /// KMS could not be reached.
+    #[error("KMS is unavailable; retry later")]
+    KmsUnavailable(#[source] KmsError),
+    /// KMS refused (wrong key, context or permissions): a configuration fault, not the caller's.
+    #[error("KMS refused the request")]
+    KmsRefused(#[source] KmsError),
+    /// The database could not be reached.
+    #[error("the database is unavailable; retry later")]
+    StoreUnavailable(#[source] StoreError),
+    /// A stored secret does not decrypt to its key.
+    #[error("a stored secret could not be opened")]
+    Sealed(#[source] EnvelopeError),
+    /// Anything else: a bug.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl ServiceError {
+    /// A stable, greppable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { code, .. } => code,
+            Self::NotFound => "key_not_found",
+            Self::Revoked => "key_revoked",
+            Self::Expired => "key_expired",
+            Self::Conflict => "conflict",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::KmsUnavailable(_) => "kms_unavailable",
+            Self::KmsRefused(_) => "kms_error",
+            Self::StoreUnavailable(_) => "database_unavailable",
+            Self::Sealed(_) => "secret_unreadable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { code, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::StoreUnavailable(error),
+            StoreError::Conflict | StoreError::Duplicate => Self::Conflict,
+            other => Self::Internal(other),
+        }
+    }
+}
+
+impl From<KmsError> for ServiceError {
+    fn from(error: KmsError) -> Self {
+        match error {
+            KmsError::Unavailable(_) => Self::KmsUnavailable(error),
+            other => Self::KmsRefused(other),
+        }
+    }
+}
+
+/// Who performs an action, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An admin key, by id.
+    Admin(KeyId),
+    /// The `keygate` command line, run by an operator on the host.
+    Cli,
+    /// A request without a usable admin key.
+    Anonymous,
+}
+
+impl Actor {
+    fn label(&self) -> String {
+        match self {
+            Self::Admin(id) => format!("admin:{id}"),
+            Self::Cli => "cli".into(),
+            Self::Anonymous => "anonymous".into(),
+        }
+    }
+}
+
+/// A request to create a key.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Rate-limit tier, `[a-z0-9_-]{1,32}`.
+    pub tier: String,
+    /// Permission strings.
+    pub permissions: Vec<String>,
+    /// Lifetime in days, 1 to 3650; the default when `None`.
+    pub expires_in_days: Option<i64>,
+    /// Region of the key text; the deployment's when `None`.
+    pub region: Option<String>,
+    /// Owner, up to 200 characters.
+    pub owner: Option<String>,
+    /// A JSON object of at most 8 KiB.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A key as the admin API shows it: never a secret or a hash of one.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    /// The stored row.
+    pub row: KeyRow,
+    /// `active`, `revoked` or `expired`.
+    pub status: &'static str,
+    /// Past 80% of its lifetime.
+    pub should_rotate: bool,
+}
+
+/// A newly made key, shown once.
+#[derive(Debug)]
+pub struct Created {
+    /// The whole key.
+    pub key: ApiKey,
+    /// Its metadata.
+    pub view: KeyView,
+}
+
+/// A rerolled key, shown once.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The new whole key.
+    pub key: ApiKey,
+    /// The new generation.
+    pub generation: i64,
+    /// When the previous secret stops working (unix seconds).
+    pub previous_valid_until: i64,
+}
+
+/// The answer of `POST /v1/keys/verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The key is good.
+    Valid {
+        /// Its id.
+        key_id: KeyId,
+        /// Its tier.
+        tier: String,
+        /// Its permissions.
+        permissions: Vec<String>,
+    },
+    /// Malformed, unknown, wrong, revoked or expired: deliberately indistinguishable.
+    Invalid,
+}
+
+/// The control plane's operations.
+pub struct Service {
+    store: Arc<dyn Store>,
+    kms: Arc<dyn Kms>,
+    clock: Arc<dyn Clock>,
+    rng: Mutex<Box<dyn CryptoRngCore + Send>>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("store", &self.store).field("kms", &self.kms).finish_non_exhaustive()
+    }
+}
+
+fn json_text(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+impl Service {
+    /// A service over the given parts; `rng` is the OS CSPRNG in production.
+    pub fn new(
+        store: Arc<dyn Store>,
+        kms: Arc<dyn Kms>,
+        clock: Arc<dyn Clock>,
+        rng: Box<dyn CryptoRngCore + Send>,
+        settings: Settings,
+    ) -> Self {
+        Self { store, kms, clock, rng: Mutex::new(rng), settings }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The KMS provider.
+    pub fn kms(&self) -> &Arc<dyn Kms> {
+        &self.kms
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn with_rng<T>(&self, f: impl FnOnce(&mut dyn CryptoRngCore) -> T) -> T {
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        f(rng.as_mut())
+    }
+
+    fn view(&self, row: KeyRow) -> KeyView {
+        let now = self.clock.now();
+        let status = if row.revoked_at.is_some() {
+            "revoked"
+        } else if row.expires_at.is_some_and(|end| now >= end) {
+            "expired"
+        } else {
+            "active"
+        };
+        // 80% of the lifetime, in integer arithmetic: now - created >= 0.8 * (expires - created).
+        let should_rotate = status == "active"
+            && row.expires_at.is_some_and(|end| (now - row.created_at) * 5 >= (end - row.created_at) * 4);
+        KeyView { row, status, should_rotate }
+    }
+
+    /// The record the edge should hold for `row` with these `secrets`, at `now`: only live generations.
+    fn record(row: &KeyRow, secrets: &[SecretEntry], now: i64) -> Result<String, ServiceError> {
+        let permissions = PermissionSet::parse(&row.permissions)
+            .map_err(|_| ServiceError::Internal(StoreError::Corrupt("permissions".into())))?;
+        let record = KeyRecord {
+            key_id: row.id,
+            seq: 0,
+            tier: row.tier.clone(),
+            permissions,
+            expires_at: row.expires_at,
+            revoked: row.revoked_at.is_some(),
+            secrets: secrets.iter().filter(|s| s.is_live(now)).cloned().collect(),
+        };
+        serde_json::to_string(&record).map_err(|_| ServiceError::Internal(StoreError::Corrupt("record".into())))
+    }
+
+    /// Makes the sealed secret row for `key` as generation `generation`: one KMS call.
+    async fn seal_generation(&self, key: &ApiKey, generation: i64, now: i64) -> Result<SecretRow, ServiceError> {
+        let (data_key, wrapped) = self.kms.generate_data_key(KmsContext::api_key_secret(key.key_id())).await?;
+        let generation_tag = u32::try_from(generation).map_err(|_| ServiceError::Conflict)?;
+        let ciphertext =
+            self.with_rng(|rng| envelope::seal(&data_key, key, generation_tag, rng)).map_err(ServiceError::Sealed)?;
+        Ok(SecretRow {
+            key_id: key.key_id(),
+            generation,
+            secret_hash: key.hash(),
+            ciphertext,
+            wrapped_data_key: wrapped.blob,
+            kms_key_id: wrapped.kms_key_id,
+            data_key_version: 1,
+            created_at: now,
+            not_after: None,
+        })
+    }
+
+    /// Creates a key; the returned [`ApiKey`] is the only time its text is available without reveal.
+    pub async fn create(&self, actor: &Actor, request: NewKey) -> Result<Created, ServiceError> {
+        let checked = validate_new_key(request, &self.settings)?;
+        let now = self.clock.now();
+        let millis = u64::try_from(self.clock.now_millis()).unwrap_or(0);
+        let key = self.with_rng(|rng| ApiKey::generate(&self.settings.prefix, &checked.region, millis, rng));
+        let secret = self.seal_generation(&key, 1, now).await?;
+        let row = KeyRow {
+            id: key.key_id(),
+            name: checked.name,
+            owner: checked.owner,
+            tier: checked.tier,
+            permissions: checked.permissions,
+            metadata: checked.metadata,
+            prefix: self.settings.prefix.as_str().to_owned(),
+            region: checked.region.as_str().to_owned(),
+            created_at: now,
+            expires_at: Some(now + checked.expires_in_days * DAY),
+            rotated_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            generation: 1,
+        };
+        let record = Self::record(&row, &[SecretEntry { hash: secret.secret_hash, not_after: None }], now)?;
+        let audit = AuditDraft {
+            at: now,
+            actor: actor.label(),
+            action: "key.create".into(),
+            key_id: Some(row.id),
+            outcome: "ok".into(),
+            detail: json_text(&json!({"name": row.name, "tier": row.tier, "permissions": row.permissions})),
+        };
+        self.store
+            .apply(Change {
+                audit,
+                ops: vec![Op::InsertKey(row.clone()), Op::InsertSecret(secret)],
+                outbox: Some((row.id, record)),
+            })
+            .await?;
+        metrics::counter!("keygate_keys_created_total").increment(1);
+        Ok(Created { key, view: self.view(row) })
+    }
+
+    async fn existing(&self, id: KeyId) -> Result<KeyRow, ServiceError> {
+        self.store.key(id).await?.ok_or(ServiceError::NotFound)
+    }
+
+    /// One key's metadata and its secret generations (without hashes).
+    pub async fn show(&self, id: KeyId) -> Result<(KeyView, Vec<SecretRow>), ServiceError> {
+        let row = self.existing(id).await?;
+        let secrets = self.store.secrets(id).await?;
+        Ok((self.view(row), secrets))
+    }
+
+    /// A page of keys in creation order, after `after`.
+    pub async fn list(&self, after: Option<KeyId>, limit: i64) -> Result<Vec<KeyView>, ServiceError> {
+        let rows = self.store.keys(after, limit.clamp(1, 1_000)).await?;
+        Ok(rows.into_iter().map(|row| self.view(row)).collect())
+    }
+
+    /// Rerolls a key: a new secret for the same id; the old one keeps working for the grace period
+    /// (capped at the key's expiry), then stops.
+    pub async fn rotate(&self, actor: &Actor, id: KeyId, grace_secs: Option<i64>) -> Result<Rotated, ServiceError> {
+        let grace = grace_secs.unwrap_or(self.settings.default_grace_secs);
+        if !(0..=MAX_GRACE_SECS).contains(&grace) {
+            return Err(ServiceError::invalid(
+                "invalid_grace_period",
+                format!("grace_period_secs must be between 0 and {MAX_GRACE_SECS}"),
+            ));
+        }
+        let row = self.existing(id).await?;
+        let now = self.clock.now();
+        if row.revoked_at.is_some() {
+            return Err(ServiceError::Revoked);
+        }
+        if row.expires_at.is_some_and(|end| now >= end) {
+            return Err(ServiceError::Expired);
+        }
+        let previous_not_after = row.expires_at.map_or(now + grace, |end| end.min(now + grace));
+        let prefix =
+            Prefix::new(&row.prefix).map_err(|_| ServiceError::Internal(StoreError::Corrupt("prefix".into())))?;
+        let region =
+            Region::new(&row.region).map_err(|_| ServiceError::Internal(StoreError::Corrupt("region".into())))?;
+        let key = self.with_rng(|rng| ApiKey::assemble(&prefix, &region, id, &KeySecret::generate(rng)));
+        let generation = row.generation + 1;
+        let secret = self.seal_generation(&key, generation, now).await?;
+
+        let mut live: Vec<SecretEntry> = vec![SecretEntry { hash: secret.secret_hash, not_after: None }];
+        for old in self.store.secrets(id).await? {
+            let not_after = if old.generation == row.generation { Some(previous_not_after) } else { old.not_after };
+            live.push(SecretEntry { hash: old.secret_hash, not_after });
+        }
+        let mut rotated_row = row.clone();
+        rotated_row.generation = generation;
+        rotated_row.rotated_at = Some(now);
+        let record = Self::record(&rotated_row, &live, now)?;
+        let audit = AuditDraft {
+            at: now,
+            actor: actor.label(),
+            action: "key.rotate".into(),
+            key_id: Some(id),
+            outcome: "ok".into(),
+            detail: json_text(&json!({"generation": generation, "previous_valid_until": previous_not_after})),
+        };
+        let ops = vec![
+            Op::Rotate { key_id: id, expected_generation: row.generation, previous_not_after, rotated_at: now },
+            Op::InsertSecret(secret),
+        ];
+        self.store.apply(Change { audit, ops, outbox: Some((id, record)) }).await?;
+        metrics::counter!("keygate_keys_rotated_total").increment(1);
+        Ok(Rotated { key, generation, previous_valid_until: previous_not_after })
+    }
+
+    /// Revokes a key at once. Revoking a revoked key changes nothing and answers with its metadata.
+    pub async fn revoke(&self, actor: &Actor, id: KeyId, reason: Option<String>) -> Result<KeyView, ServiceError> {
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+            return Err(ServiceError::invalid("invalid_reason", "reason must be at most 500 characters"));
+        }
+        let row = self.existing(id).await?;
+        let now = self.clock.now();
+        let mut audit = AuditDraft {
+            at: now,
+            actor: actor.label(),
+            action: "key.revoke".into(),
+            key_id: Some(id),
+            outcome: "ok".into(),
+            detail: json_text(&json!({"reason": reason})),
+        };
+        if row.revoked_at.is_some() {
+            audit.outcome = "already_revoked".into();
+            self.store.apply(Change { audit, ops: vec![], outbox: None }).await?;
+            return Ok(self.view(row));
+        }
+        let live: Vec<SecretEntry> = self
+            .store
+            .secrets(id)
+            .await?
+            .into_iter()
+            .map(|s| SecretEntry { hash: s.secret_hash, not_after: s.not_after })
+            .collect();
+        let mut revoked = row.clone();
+        revoked.revoked_at = Some(now);
+        revoked.revoked_reason.clone_from(&reason);
+        let record = Self::record(&revoked, &live, now)?;
+        let ops = vec![Op::Revoke { key_id: id, expected_generation: row.generation, revoked_at: now, reason }];
+        self.store.apply(Change { audit, ops, outbox: Some((id, record)) }).await?;
+        metrics::counter!("keygate_keys_revoked_total").increment(1);
+        Ok(self.view(revoked))
+    }
+
+    /// The current key text, decrypted through KMS; audited before it is returned. A revoked key can
+    /// still be revealed (to find where it was used); it no longer opens anything.
+    pub async fn reveal(&self, actor: &Actor, id: KeyId) -> Result<ApiKey, ServiceError> {
+        let row = self.existing(id).await?;
+        let secrets = self.store.secrets(id).await?;
+        let current = secrets
+            .iter()
+            .find(|s| s.generation == row.generation)
+            .ok_or_else(|| ServiceError::Internal(StoreError::Corrupt("no current secret".into())))?;
+        let wrapped = WrappedKey { blob: current.wrapped_data_key.clone(), kms_key_id: current.kms_key_id.clone() };
+        let data_key = self.kms.decrypt(&wrapped, KmsContext::api_key_secret(id)).await?;
+        let generation = u32::try_from(current.generation).map_err(|_| ServiceError::Conflict)?;
+        let key = envelope::open(&data_key, &current.ciphertext, id, generation).map_err(ServiceError::Sealed)?;
+        drop(data_key);
+        let audit = AuditDraft {
+            at: self.clock.now(),
+            actor: actor.label(),
+            action: "key.reveal".into(),
+            key_id: Some(id),
+            outcome: "ok".into(),
+            detail: json_text(&json!({"generation": current.generation})),
+        };
+        self.store.apply(Change { audit, ops: vec![], outbox: None }).await?;
+        Ok(key)
+    }
+
+    /// Checks a presented key against the stored record, as the edge would. Never calls KMS.
+    pub async fn verify(&self, presented: &str) -> Result<Verdict, ServiceError> {
+        Ok(match self.check_key(presented).await? {
+            Some(row) => Verdict::Valid { key_id: row.id, tier: row.tier, permissions: row.permissions },
+            None => Verdict::Invalid,
+        })
+    }
+
+    /// The key's row if `presented` is a good key now, `None` for any bad key.
+    async fn check_key(&self, presented: &str) -> Result<Option<KeyRow>, ServiceError> {
+        let Ok(parsed) = ParsedKey::parse(presented) else {
+            return Ok(None);
+        };
+        let Some(row) = self.store.key(parsed.key_id()).await? else {
+            return Ok(None);
+        };
+        let secrets = self.store.secrets(row.id).await?;
+        let now = self.clock.now();
+        let record = KeyRecord {
+            key_id: row.id,
+            seq: 0,
+            tier: String::new(),
+            permissions: PermissionSet::default(),
+            expires_at: row.expires_at,
+            revoked: row.revoked_at.is_some(),
+            secrets: secrets.into_iter().map(|s| SecretEntry { hash: s.secret_hash, not_after: s.not_after }).collect(),
+        };
+        Ok(record.check(&parsed, now).is_ok().then_some(row))
+    }
+
+    /// Authenticates an admin request: a good key holding `scope`. Refusals are audited.
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        scope: AdminScope,
+        action: &str,
+    ) -> Result<Actor, ServiceError> {
+        let row = match bearer {
+            Some(text) => self.check_key(text).await?,
+            None => None,
+        };
+        let refusal = match &row {
+            None => ServiceError::Unauthorized,
+            Some(row) => match PermissionSet::parse(&row.permissions) {
+                Ok(permissions) if permissions.allows_admin(scope) => return Ok(Actor::Admin(row.id)),
+                _ => ServiceError::Forbidden(scope.as_str()),
+            },
+        };
+        let actor = row.as_ref().map_or(Actor::Anonymous, |row| Actor::Admin(row.id));
+        let audit = AuditDraft {
+            at: self.clock.now(),
+            actor: actor.label(),
+            action: action.to_owned(),
+            key_id: None,
+            outcome: refusal.code().to_owned(),
+            detail: json_text(&json!({"scope": scope.as_str()})),
+        };
+        self.store.apply(Change { audit, ops: vec![], outbox: None }).await?;
+        metrics::counter!("keygate_admin_refusals_total").increment(1);
+        Err(refusal)
+    }
+
+    /// Creates an admin key with `admin:*` (the first one comes from `keygate admin bootstrap`).
+    pub async fn bootstrap_admin(&self) -> Result<Created, ServiceError> {
+        self.create(
+            &Actor::Cli,
+            NewKey {
+                name: "bootstrap admin".into(),
+                tier: "admin".into(),
+                permissions: vec!["admin:*".into()],
+                ..NewKey::default()
+            },
+        )
+        .await
+    }
+
+    /// Audit entries, newest first.
+    pub async fn audit_log(&self, key_id: Option<KeyId>, limit: i64) -> Result<Vec<AuditEntry>, ServiceError> {
+        Ok(self.store.audit(key_id, None, limit.clamp(1, 1_000)).await?)
+    }
+
+    /// Checks the whole audit chain; the number of entries checked, or where it breaks.
+    pub async fn audit_verify(&self) -> Result<Result<i64, ChainBreak>, ServiceError> {
+        let (entries, head_seq, head_hash) = self.store.audit_chain().await?;
+        Ok(verify_chain(&entries, head_seq, &head_hash))
+    }
+
+    /// Re-wraps every stored data key under the current KMS key (KMS ReEncrypt); API keys are
+    /// untouched. Resumes an interrupted run. `progress(done, total)` is called as it goes.
+    pub async fn rewrap(&self, actor: &Actor, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<u64, ServiceError> {
+        let now = self.clock.now();
+        let run = self.store.rewrap_begin(self.kms.current_key_id(), now).await?;
+        let total = u64::try_from(self.store.rewrap_remaining(run.target_version).await?).unwrap_or(0);
+        self.store
+            .apply(Change {
+                audit: AuditDraft {
+                    at: now,
+                    actor: actor.label(),
+                    action: "kms.rewrap.start".into(),
+                    key_id: None,
+                    outcome: "ok".into(),
+                    detail: json_text(&json!({"run": run.id, "target_version": run.target_version, "resumed": run.resumed, "pending": total})),
+                },
+                ops: vec![],
+                outbox: None,
+            })
+            .await?;
+        let mut done = 0u64;
+        progress(0, total);
+        loop {
+            let batch = self.store.rewrap_pending(run.target_version, 256).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let moved: Vec<u64> = stream::iter(batch)
+                .map(|secret| self.rewrap_one(secret, run.target_version))
+                .buffer_unordered(REWRAP_CONCURRENCY)
+                .try_collect()
+                .await?;
+            done += moved.iter().sum::<u64>();
+            progress(done, total.max(done));
+        }
+        let finished = self.clock.now();
+        self.store.rewrap_finish(run.id, finished).await?;
+        self.store
+            .apply(Change {
+                audit: AuditDraft {
+                    at: finished,
+                    actor: actor.label(),
+                    action: "kms.rewrap.finish".into(),
+                    key_id: None,
+                    outcome: "ok".into(),
+                    detail: json_text(&json!({"run": run.id, "rewrapped": done, "kms_key_id": run.kms_key_id})),
+                },
+                ops: vec![],
+                outbox: None,
+            })
+            .await?;
+        Ok(done)
+    }
+
+    async fn rewrap_one(&self, mut secret: SecretRow, target_version: i64) -> Result<u64, ServiceError> {
+        let wrapped =
+            WrappedKey { blob: std::mem::take(&mut secret.wrapped_data_key), kms_key_id: secret.kms_key_id.clone() };
+        let rewrapped = self.kms.rewrap(&wrapped, KmsContext::api_key_secret(secret.key_id)).await?;
+        let from_version = secret.data_key_version;
+        secret.wrapped_data_key = rewrapped.blob;
+        secret.kms_key_id = rewrapped.kms_key_id;
+        secret.data_key_version = target_version;
+        Ok(u64::from(self.store.rewrap_secret(&secret, from_version).await?))
+    }
+}
+
+/// A create request whose values have been checked.
+struct CheckedNewKey {
+    name: String,
+    tier: String,
+    permissions: Vec<String>,
+    expires_in_days: i64,
+    region: Region,
+    owner: Option<String>,
+    metadata: serde_json::Value,
+}
+
+fn validate_new_key(request: NewKey, settings: &Settings) -> Result<CheckedNewKey, ServiceError> {
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ServiceError::invalid("invalid_name", "name must be 1 to 200 characters"));
+    }
+    let tier_ok = (1..=32).contains(&request.tier.len())
+        && request.tier.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !tier_ok {
+        return Err(ServiceError::invalid("invalid_tier", "tier must be 1 to 32 characters of [a-z0-9_-]"));
+    }
+    if request.permissions.len() > 64 {
+        return Err(ServiceError::invalid("invalid_permission", "at most 64 permissions"));
+    }
+    let permissions = PermissionSet::parse(&request.permissions)
+        .map_err(|e| ServiceError::Invalid { code: e.code(), message: e.to_string() })?
+        .to_strings();
+    let expires_in_days = request.expires_in_days.unwrap_or(settings.default_expiry_days);
+    if !(1..=MAX_EXPIRY_DAYS).contains(&expires_in_days) {
+        return Err(ServiceError::invalid(
+            "invalid_expiry",
+            format!("expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}"),
+        ));
+    }
+    let region = match request.region {
+        Some(region) => {
+            Region::new(&region).map_err(|e| ServiceError::Invalid { code: e.code(), message: e.to_string() })?
+        }
+        None => settings.region.clone(),
+    };
+    if request.owner.as_ref().is_some_and(|o| o.chars().count() > 200) {
+        return Err(ServiceError::invalid("invalid_owner", "owner must be at most 200 characters"));
+    }
+    let metadata = request.metadata.unwrap_or_else(|| json!({}));
+    if !metadata.is_object() || metadata.to_string().len() > 8 * 1024 {
+        return Err(ServiceError::invalid("invalid_metadata", "metadata must be a JSON object of at most 8 KiB"));
+    }
+    Ok(CheckedNewKey { name, tier: request.tier, permissions, expires_in_days, region, owner: request.owner, metadata })
+}
