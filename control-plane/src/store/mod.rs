@@ -224,6 +224,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Closes every connection: later calls fail as unavailable (shutdown, and outage tests).
+    async fn close(&self);
     /// Applies a change atomically; returns its audit entry.
     async fn apply(&self, change: Change) -> Result<AuditEntry, StoreError>;
     /// One key.

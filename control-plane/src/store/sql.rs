@@ -130,6 +130,10 @@ where
         Ok(())
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn apply(&self, change: Change) -> Result<AuditEntry, StoreError> {
         let mut tx = self.pool.begin().await?;
         // First statement of every write: take the chain head. It serializes writers (a row lock on

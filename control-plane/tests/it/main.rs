@@ -5,4 +5,6 @@
 
 mod key_commands;
 mod kms;
+mod lifecycle;
+mod safety;
 mod support;
