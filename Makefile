@@ -23,11 +23,7 @@ setup:
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
 dev:
-	$(CARGO) build --release -p keygate-control-plane
-	@echo
-	@echo "The control plane's server and the edge worker arrive with their issues; for now keygate's key tools:"
-	@key=$$(target/release/keygate key generate) && echo "  keygate key generate   -> $$key" \
-	  && echo "  keygate key inspect    -> $$(target/release/keygate key inspect "$$key")"
+	scripts/dev.sh
 
 test: setup
 	# The KMS API server (moto) for the aws provider's tests: installed once into the per-user cache.

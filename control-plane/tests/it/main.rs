@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod key_commands;
 mod kms;
 mod lifecycle;
+mod ops;
 mod safety;
 mod support;
