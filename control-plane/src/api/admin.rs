@@ -1,6 +1,7 @@
 //! The admin routes: keys, reveal, audit log, KMS rewrap. Each handler authenticates first, with the
 //! scope it needs; the request body is read only after that.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
@@ -28,6 +29,33 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn authorize(state: &AppState, headers: &HeaderMap, scope: AdminScope, action: &str) -> Result<Actor, ApiError> {
     Ok(state.service.authenticate(bearer(headers), scope, action).await?)
+}
+
+/// A query string's fields, or a 422 saying what is wrong with them.
+fn query_fields<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(fields)| fields)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))
+}
+
+/// A page size: 1 to 1000, 100 when absent.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=1_000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "limit must be between 1 and 1000"))
+    }
+}
+
+/// An optional key id in a query string.
+fn query_key_id(text: Option<&str>, field: &str) -> Result<Option<KeyId>, ApiError> {
+    text.map(|text| {
+        text.parse::<KeyId>().map_err(|_| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", format!("{field} must be an api_key_id"))
+        })
+    })
+    .transpose()
 }
 
 /// A path id that is not a key id names no key.
@@ -175,25 +203,12 @@ pub struct KeyPage {
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
     authorize(&state, &headers, AdminScope::KeysRead, "key.list").await?;
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            "limit must be between 1 and 1000",
-        ));
-    }
-    let after = match query.after.as_deref() {
-        Some(text) => Some(text.parse::<KeyId>().map_err(|_| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "after must be an api_key_id")
-        })?),
-        None => None,
-    };
+    let query = query_fields(query)?;
+    let limit = page_limit(query.limit)?;
+    let after = query_key_id(query.after.as_deref(), "after")?;
     let views = state.service.list(after, limit).await?;
     let next_after = (views.len() as i64 == limit).then(|| views.last().map(|v| v.row.id.to_string())).flatten();
     Ok(Json(KeyPage { items: views.into_iter().map(KeyResponse::from).collect(), next_after }))
@@ -386,25 +401,12 @@ pub struct AuditPage {
 pub(crate) async fn audit_log(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     authorize(&state, &headers, AdminScope::AuditRead, "audit.read").await?;
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            "limit must be between 1 and 1000",
-        ));
-    }
-    let key_id = match query.key_id.as_deref() {
-        Some(text) => Some(text.parse::<KeyId>().map_err(|_| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "key_id must be an api_key_id")
-        })?),
-        None => None,
-    };
+    let query = query_fields(query)?;
+    let limit = page_limit(query.limit)?;
+    let key_id = query_key_id(query.key_id.as_deref(), "key_id")?;
     let entries = state.service.audit_log(key_id, limit).await?;
     let entries = entries
         .into_iter()

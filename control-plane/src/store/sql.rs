@@ -8,7 +8,10 @@ use keygate_shared::{KeyId, SecretHash};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Postgres, Row, Sqlite, Type};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Postgres, Row, Sqlite, Transaction, Type,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Change, KeyRow, Op, OutboxRow, RewrapRun, RowCounts, SecretRow, Store, StoreError};
 use crate::audit::AuditEntry;
@@ -16,10 +19,21 @@ use crate::audit::AuditEntry;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// A change waiting for the writer, with where to send its outcome.
+type Queued = (Change, oneshot::Sender<Result<AuditEntry, StoreError>>);
+
+/// Changes committed in one transaction at most.
+const MAX_BATCH: usize = 256;
+
 /// keygate's tables in one SQLite file or PostgreSQL schema.
+///
+/// Writes go through one writer task that commits whatever changes are queued in one transaction
+/// (group commit): the audit chain and outbox stay in commit order, and a burst pays one fsync, not
+/// one per change.
 #[derive(Debug, Clone)]
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    writer: mpsc::Sender<Queued>,
 }
 
 impl SqlStore<Sqlite> {
@@ -37,7 +51,7 @@ impl SqlStore<Sqlite> {
         }
         let pool =
             PoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect_with(options).await?;
-        Ok(Self { pool })
+        Ok(Self::with_writer(pool))
     }
 }
 
@@ -49,7 +63,7 @@ impl SqlStore<Postgres> {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::with_writer(pool))
     }
 }
 
@@ -100,6 +114,272 @@ fn parse_key_id(text: &str) -> Result<KeyId, StoreError> {
     text.parse().map_err(|_| corrupt("key id"))
 }
 
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    String: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    Vec<u8>: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    // sqlx encodes `Option` per driver, not generically.
+    Option<i64>: for<'q> Encode<'q, DB>,
+    Option<String>: for<'q> Encode<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    fn with_writer(pool: Pool<DB>) -> Self {
+        let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(Self::write_loop(pool.clone(), queue));
+        Self { pool, writer }
+    }
+
+    fn key_row(row: &DB::Row) -> Result<KeyRow, StoreError> {
+        let permissions: String = row.try_get(4)?;
+        let metadata: String = row.try_get(5)?;
+        Ok(KeyRow {
+            id: parse_key_id(&row.try_get::<String, _>(0)?)?,
+            name: row.try_get(1)?,
+            owner: row.try_get(2)?,
+            tier: row.try_get(3)?,
+            permissions: serde_json::from_str(&permissions).map_err(|_| corrupt("permissions"))?,
+            metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
+            prefix: row.try_get(6)?,
+            region: row.try_get(7)?,
+            created_at: row.try_get(8)?,
+            expires_at: row.try_get(9)?,
+            rotated_at: row.try_get(10)?,
+            revoked_at: row.try_get(11)?,
+            revoked_reason: row.try_get(12)?,
+            generation: row.try_get(13)?,
+        })
+    }
+
+    fn secret_row(row: &DB::Row) -> Result<SecretRow, StoreError> {
+        Ok(SecretRow {
+            key_id: parse_key_id(&row.try_get::<String, _>(0)?)?,
+            generation: row.try_get(1)?,
+            secret_hash: SecretHash::from_hex(&row.try_get::<String, _>(2)?).map_err(|_| corrupt("secret hash"))?,
+            ciphertext: row.try_get(3)?,
+            wrapped_data_key: row.try_get(4)?,
+            kms_key_id: row.try_get(5)?,
+            data_key_version: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            not_after: row.try_get(8)?,
+        })
+    }
+
+    fn audit_row(row: &DB::Row) -> Result<AuditEntry, StoreError> {
+        Ok(AuditEntry {
+            seq: row.try_get(0)?,
+            at: row.try_get(1)?,
+            actor: row.try_get(2)?,
+            action: row.try_get(3)?,
+            key_id: row.try_get(4)?,
+            outcome: row.try_get(5)?,
+            detail: row.try_get(6)?,
+            prev_hash: row.try_get(7)?,
+            hash: row.try_get(8)?,
+        })
+    }
+
+    /// The writer: takes the first queued change and everything queued behind it, commits them together.
+    async fn write_loop(pool: Pool<DB>, mut queue: mpsc::Receiver<Queued>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            metrics::histogram!("keygate_store_commit_batch_size").record(batch.len() as f64);
+            if batch.len() > 1 {
+                match Self::commit_batch(&pool, &batch).await {
+                    Ok(outcomes) => {
+                        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                            let _ = reply.send(outcome);
+                        }
+                        continue;
+                    }
+                    // Something beyond a conflict went wrong: nothing was committed. Each change is
+                    // tried alone below, so each caller gets its own outcome.
+                    Err(error) => {
+                        tracing::warn!(error = %error, size = batch.len(), "group commit failed; retrying singly")
+                    }
+                }
+            }
+            for (change, reply) in batch.drain(..) {
+                let _ = reply.send(Self::commit_one(&pool, &change).await);
+            }
+        }
+    }
+
+    /// One change in its own transaction.
+    async fn commit_one(pool: &Pool<DB>, change: &Change) -> Result<AuditEntry, StoreError> {
+        let mut tx = pool.begin().await?;
+        let (seq, prev_hash) = Self::lock_head(&mut tx).await?;
+        let entry = Self::apply_in(&mut tx, change, seq + 1, &prev_hash).await?;
+        Self::set_head(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    /// Several changes in one transaction, each under a savepoint so a conflict undoes only itself.
+    async fn commit_batch(
+        pool: &Pool<DB>,
+        batch: &[Queued],
+    ) -> Result<Vec<Result<AuditEntry, StoreError>>, StoreError> {
+        let mut tx = pool.begin().await?;
+        let (mut seq, mut prev_hash) = Self::lock_head(&mut tx).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut last = None;
+        for (change, _) in batch {
+            sqlx::query("SAVEPOINT keygate_change").execute(&mut *tx).await?;
+            match Self::apply_in(&mut tx, change, seq + 1, &prev_hash).await {
+                Ok(entry) => {
+                    sqlx::query("RELEASE SAVEPOINT keygate_change").execute(&mut *tx).await?;
+                    seq = entry.seq;
+                    prev_hash.clone_from(&entry.hash);
+                    last = Some(entry.clone());
+                    outcomes.push(Ok(entry));
+                }
+                Err(refused @ (StoreError::Conflict | StoreError::Duplicate)) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT keygate_change").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT keygate_change").execute(&mut *tx).await?;
+                    outcomes.push(Err(refused));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if let Some(entry) = &last {
+            Self::set_head(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Locks the chain head (the first statement of every write: it serializes writers, a row lock on
+    /// PostgreSQL and the write lock on SQLite) and reads it.
+    async fn lock_head(tx: &mut Transaction<'static, DB>) -> Result<(i64, String), StoreError> {
+        let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok((head.try_get(0)?, head.try_get(1)?))
+    }
+
+    async fn set_head(tx: &mut Transaction<'static, DB>, entry: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(entry.seq)
+            .bind(entry.hash.clone())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// A change's row operations, outbox record and audit entry (at `seq`, after `prev_hash`).
+    async fn apply_in(
+        tx: &mut Transaction<'static, DB>,
+        change: &Change,
+        seq: i64,
+        prev_hash: &str,
+    ) -> Result<AuditEntry, StoreError> {
+        for op in &change.ops {
+            let affected = match op {
+                Op::InsertKey(key) => {
+                    let permissions = serde_json::to_string(&key.permissions).map_err(|_| corrupt("permissions"))?;
+                    sqlx::query(&format!(
+                        "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                    ))
+                    .bind(key.id.to_string())
+                    .bind(key.name.clone())
+                    .bind(key.owner.clone())
+                    .bind(key.tier.clone())
+                    .bind(permissions)
+                    .bind(key.metadata.to_string())
+                    .bind(key.prefix.clone())
+                    .bind(key.region.clone())
+                    .bind(key.created_at)
+                    .bind(key.expires_at)
+                    .bind(key.rotated_at)
+                    .bind(key.revoked_at)
+                    .bind(key.revoked_reason.clone())
+                    .bind(key.generation)
+                    .execute(&mut **tx)
+                    .await?
+                }
+                Op::InsertSecret(secret) => {
+                    sqlx::query(&format!(
+                        "INSERT INTO api_key_secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    ))
+                    .bind(secret.key_id.to_string())
+                    .bind(secret.generation)
+                    .bind(secret.secret_hash.to_hex())
+                    .bind(secret.ciphertext.clone())
+                    .bind(secret.wrapped_data_key.clone())
+                    .bind(secret.kms_key_id.clone())
+                    .bind(secret.data_key_version)
+                    .bind(secret.created_at)
+                    .bind(secret.not_after)
+                    .execute(&mut **tx)
+                    .await?
+                }
+                Op::Rotate { key_id, expected_generation, previous_not_after, rotated_at } => {
+                    let id = key_id.to_string();
+                    let moved = sqlx::query(
+                        "UPDATE api_keys SET generation = generation + 1, rotated_at = $1 \
+                         WHERE id = $2 AND generation = $3 AND revoked_at IS NULL",
+                    )
+                    .bind(*rotated_at)
+                    .bind(id.clone())
+                    .bind(*expected_generation)
+                    .execute(&mut **tx)
+                    .await?;
+                    if DB::rows_affected(&moved) != 1 {
+                        return Err(StoreError::Conflict);
+                    }
+                    sqlx::query("UPDATE api_key_secrets SET not_after = $1 WHERE key_id = $2 AND generation = $3")
+                        .bind(*previous_not_after)
+                        .bind(id)
+                        .bind(*expected_generation)
+                        .execute(&mut **tx)
+                        .await?
+                }
+                Op::Revoke { key_id, expected_generation, revoked_at, reason } => {
+                    sqlx::query(
+                        "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
+                         WHERE id = $3 AND generation = $4 AND revoked_at IS NULL",
+                    )
+                    .bind(*revoked_at)
+                    .bind(reason.clone())
+                    .bind(key_id.to_string())
+                    .bind(*expected_generation)
+                    .execute(&mut **tx)
+                    .await?
+                }
+            };
+            if DB::rows_affected(&affected) != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        if let Some((key_id, record)) = &change.outbox {
+            sqlx::query("INSERT INTO replication_outbox (key_id, record, created_at) VALUES ($1, $2, $3)")
+                .bind(key_id.to_string())
+                .bind(record.clone())
+                .bind(change.audit.at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let entry = AuditEntry::seal(&change.audit, seq, prev_hash);
+        sqlx::query(&format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+            .bind(entry.seq)
+            .bind(entry.at)
+            .bind(entry.actor.clone())
+            .bind(entry.action.clone())
+            .bind(entry.key_id.clone())
+            .bind(entry.outcome.clone())
+            .bind(entry.detail.clone())
+            .bind(entry.prev_hash.clone())
+            .bind(entry.hash.clone())
+            .execute(&mut **tx)
+            .await?;
+        Ok(entry)
+    }
+}
+
 #[async_trait::async_trait]
 impl<DB> Store for SqlStore<DB>
 where
@@ -135,115 +415,11 @@ where
     }
 
     async fn apply(&self, change: Change) -> Result<AuditEntry, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // First statement of every write: take the chain head. It serializes writers (a row lock on
-        // PostgreSQL, the write lock on SQLite), so nothing read below can change before commit.
-        let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-            .fetch_one(&mut *tx)
-            .await?;
-        let (seq, prev_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
-        for op in &change.ops {
-            let affected = match op {
-                Op::InsertKey(key) => {
-                    let permissions = serde_json::to_string(&key.permissions).map_err(|_| corrupt("permissions"))?;
-                    sqlx::query(&format!(
-                        "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-                    ))
-                    .bind(key.id.to_string())
-                    .bind(key.name.clone())
-                    .bind(key.owner.clone())
-                    .bind(key.tier.clone())
-                    .bind(permissions)
-                    .bind(key.metadata.to_string())
-                    .bind(key.prefix.clone())
-                    .bind(key.region.clone())
-                    .bind(key.created_at)
-                    .bind(key.expires_at)
-                    .bind(key.rotated_at)
-                    .bind(key.revoked_at)
-                    .bind(key.revoked_reason.clone())
-                    .bind(key.generation)
-                    .execute(&mut *tx)
-                    .await?
-                }
-                Op::InsertSecret(secret) => {
-                    sqlx::query(&format!(
-                        "INSERT INTO api_key_secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                    ))
-                    .bind(secret.key_id.to_string())
-                    .bind(secret.generation)
-                    .bind(secret.secret_hash.to_hex())
-                    .bind(secret.ciphertext.clone())
-                    .bind(secret.wrapped_data_key.clone())
-                    .bind(secret.kms_key_id.clone())
-                    .bind(secret.data_key_version)
-                    .bind(secret.created_at)
-                    .bind(secret.not_after)
-                    .execute(&mut *tx)
-                    .await?
-                }
-                Op::Rotate { key_id, expected_generation, previous_not_after, rotated_at } => {
-                    let id = key_id.to_string();
-                    let moved = sqlx::query(
-                        "UPDATE api_keys SET generation = generation + 1, rotated_at = $1 \
-                         WHERE id = $2 AND generation = $3 AND revoked_at IS NULL",
-                    )
-                    .bind(*rotated_at)
-                    .bind(id.clone())
-                    .bind(*expected_generation)
-                    .execute(&mut *tx)
-                    .await?;
-                    if DB::rows_affected(&moved) != 1 {
-                        return Err(StoreError::Conflict);
-                    }
-                    sqlx::query("UPDATE api_key_secrets SET not_after = $1 WHERE key_id = $2 AND generation = $3")
-                        .bind(*previous_not_after)
-                        .bind(id)
-                        .bind(*expected_generation)
-                        .execute(&mut *tx)
-                        .await?
-                }
-                Op::Revoke { key_id, expected_generation, revoked_at, reason } => {
-                    sqlx::query(
-                        "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
-                         WHERE id = $3 AND generation = $4 AND revoked_at IS NULL",
-                    )
-                    .bind(*revoked_at)
-                    .bind(reason.clone())
-                    .bind(key_id.to_string())
-                    .bind(*expected_generation)
-                    .execute(&mut *tx)
-                    .await?
-                }
-            };
-            if DB::rows_affected(&affected) != 1 {
-                return Err(StoreError::Conflict);
-            }
+        let (reply, outcome) = oneshot::channel();
+        if self.writer.send((change, reply)).await.is_err() {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
         }
-        if let Some((key_id, record)) = &change.outbox {
-            sqlx::query("INSERT INTO replication_outbox (key_id, record, created_at) VALUES ($1, $2, $3)")
-                .bind(key_id.to_string())
-                .bind(record.clone())
-                .bind(change.audit.at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let entry = AuditEntry::seal(&change.audit, seq, &prev_hash);
-        sqlx::query(&format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-            .bind(entry.seq)
-            .bind(entry.at)
-            .bind(entry.actor.clone())
-            .bind(entry.action.clone())
-            .bind(entry.key_id.clone())
-            .bind(entry.outcome.clone())
-            .bind(entry.detail.clone())
-            .bind(entry.prev_hash.clone())
-            .bind(entry.hash.clone())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(entry.hash.clone()).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(entry)
+        outcome.await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
     }
 
     async fn key(&self, id: KeyId) -> Result<Option<KeyRow>, StoreError> {
@@ -251,7 +427,7 @@ where
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(key_row::<DB>).transpose()
+        row.as_ref().map(Self::key_row).transpose()
     }
 
     async fn keys(&self, after: Option<KeyId>, limit: i64) -> Result<Vec<KeyRow>, StoreError> {
@@ -261,7 +437,7 @@ where
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(key_row::<DB>).collect()
+        rows.iter().map(Self::key_row).collect()
     }
 
     async fn secrets(&self, id: KeyId) -> Result<Vec<SecretRow>, StoreError> {
@@ -271,7 +447,7 @@ where
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(secret_row::<DB>).collect()
+        rows.iter().map(Self::secret_row).collect()
     }
 
     async fn audit(
@@ -288,7 +464,7 @@ where
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(audit_row::<DB>).collect()
+        rows.iter().map(Self::audit_row).collect()
     }
 
     async fn audit_chain(&self) -> Result<(Vec<AuditEntry>, i64, String), StoreError> {
@@ -298,7 +474,7 @@ where
         let rows =
             sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq")).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let entries = rows.iter().map(audit_row::<DB>).collect::<Result<_, _>>()?;
+        let entries = rows.iter().map(Self::audit_row).collect::<Result<_, _>>()?;
         Ok((entries, head.try_get(0)?, head.try_get(1)?))
     }
 
@@ -390,7 +566,7 @@ where
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(secret_row::<DB>).collect()
+        rows.iter().map(Self::secret_row).collect()
     }
 
     async fn rewrap_remaining(&self, target_version: i64) -> Result<i64, StoreError> {
@@ -425,72 +601,4 @@ where
             .await?;
         Ok(())
     }
-}
-
-fn key_row<DB>(row: &DB::Row) -> Result<KeyRow, StoreError>
-where
-    DB: Database,
-    i64: Type<DB> + for<'r> Decode<'r, DB>,
-    String: Type<DB> + for<'r> Decode<'r, DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let permissions: String = row.try_get(4)?;
-    let metadata: String = row.try_get(5)?;
-    Ok(KeyRow {
-        id: parse_key_id(&row.try_get::<String, _>(0)?)?,
-        name: row.try_get(1)?,
-        owner: row.try_get(2)?,
-        tier: row.try_get(3)?,
-        permissions: serde_json::from_str(&permissions).map_err(|_| corrupt("permissions"))?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
-        prefix: row.try_get(6)?,
-        region: row.try_get(7)?,
-        created_at: row.try_get(8)?,
-        expires_at: row.try_get(9)?,
-        rotated_at: row.try_get(10)?,
-        revoked_at: row.try_get(11)?,
-        revoked_reason: row.try_get(12)?,
-        generation: row.try_get(13)?,
-    })
-}
-
-fn secret_row<DB>(row: &DB::Row) -> Result<SecretRow, StoreError>
-where
-    DB: Database,
-    i64: Type<DB> + for<'r> Decode<'r, DB>,
-    String: Type<DB> + for<'r> Decode<'r, DB>,
-    Vec<u8>: Type<DB> + for<'r> Decode<'r, DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    Ok(SecretRow {
-        key_id: parse_key_id(&row.try_get::<String, _>(0)?)?,
-        generation: row.try_get(1)?,
-        secret_hash: SecretHash::from_hex(&row.try_get::<String, _>(2)?).map_err(|_| corrupt("secret hash"))?,
-        ciphertext: row.try_get(3)?,
-        wrapped_data_key: row.try_get(4)?,
-        kms_key_id: row.try_get(5)?,
-        data_key_version: row.try_get(6)?,
-        created_at: row.try_get(7)?,
-        not_after: row.try_get(8)?,
-    })
-}
-
-fn audit_row<DB>(row: &DB::Row) -> Result<AuditEntry, StoreError>
-where
-    DB: Database,
-    i64: Type<DB> + for<'r> Decode<'r, DB>,
-    String: Type<DB> + for<'r> Decode<'r, DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    Ok(AuditEntry {
-        seq: row.try_get(0)?,
-        at: row.try_get(1)?,
-        actor: row.try_get(2)?,
-        action: row.try_get(3)?,
-        key_id: row.try_get(4)?,
-        outcome: row.try_get(5)?,
-        detail: row.try_get(6)?,
-        prev_hash: row.try_get(7)?,
-        hash: row.try_get(8)?,
-    })
 }

@@ -57,6 +57,13 @@ impl TestApp {
         Self { service, store, clock, router, admin_key, kms_server: None, sqlite_path: None, pg_schema: None, dir }
     }
 
+    /// A control plane over a store and KMS made elsewhere (a PostgreSQL schema to drop, if named).
+    pub async fn over(store: Arc<dyn Store>, kms: Arc<dyn Kms>, pg_schema: Option<String>) -> Self {
+        let mut app = Self::assemble(store, kms, std::env::temp_dir()).await;
+        app.pg_schema = pg_schema;
+        app
+    }
+
     /// SQLite in a fresh file, the local KMS with a fresh master key.
     pub async fn sqlite_local(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("keygate-{}", unique(name)));
