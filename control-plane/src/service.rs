@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::audit::{verify_chain, AuditDraft, AuditEntry, ChainBreak};
 use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
-use crate::kms::{Kms, KmsContext, KmsError, WrappedKey};
+use crate::kms::{Kms, KmsContext, KmsError};
 use crate::store::{Change, KeyRow, Op, SecretRow, Store, StoreError};
 
 /// Seconds in a day.
@@ -307,7 +307,7 @@ impl Service {
 
     /// Makes the sealed secret row for `key` as generation `generation`: one KMS call.
     async fn seal_generation(&self, key: &ApiKey, generation: i64, now: i64) -> Result<SecretRow, ServiceError> {
-        let (data_key, wrapped) = self.kms.generate_data_key(KmsContext::api_key_secret(key.key_id())).await?;
+        let (data_key, wrapped) = self.kms.generate_data_key(&KmsContext::api_key_secret(key.key_id())).await?;
         let generation_tag = u32::try_from(generation).map_err(|_| ServiceError::Conflict)?;
         let ciphertext =
             self.with_rng(|rng| envelope::seal(&data_key, key, generation_tag, rng)).map_err(ServiceError::Sealed)?;
@@ -318,6 +318,7 @@ impl Service {
             ciphertext,
             wrapped_data_key: wrapped.blob,
             kms_key_id: wrapped.kms_key_id,
+            data_key_id: wrapped.shared_id,
             data_key_version: 1,
             created_at: now,
             not_after: None,
@@ -483,8 +484,8 @@ impl Service {
             .iter()
             .find(|s| s.generation == row.generation)
             .ok_or_else(|| ServiceError::Internal(StoreError::Corrupt("no current secret".into())))?;
-        let wrapped = WrappedKey { blob: current.wrapped_data_key.clone(), kms_key_id: current.kms_key_id.clone() };
-        let data_key = self.kms.decrypt(&wrapped, KmsContext::api_key_secret(id)).await?;
+        let wrapped = current.wrapped();
+        let data_key = self.kms.decrypt(&wrapped, &KmsContext::for_wrapped(id, &wrapped)).await?;
         let generation = u32::try_from(current.generation).map_err(|_| ServiceError::Conflict)?;
         let key = envelope::open(&data_key, &current.ciphertext, id, generation).map_err(ServiceError::Sealed)?;
         drop(data_key);
@@ -642,9 +643,8 @@ impl Service {
     }
 
     async fn rewrap_one(&self, mut secret: SecretRow, target_version: i64) -> Result<u64, ServiceError> {
-        let wrapped =
-            WrappedKey { blob: std::mem::take(&mut secret.wrapped_data_key), kms_key_id: secret.kms_key_id.clone() };
-        let rewrapped = self.kms.rewrap(&wrapped, KmsContext::api_key_secret(secret.key_id)).await?;
+        let wrapped = secret.wrapped();
+        let rewrapped = self.kms.rewrap(&wrapped, &KmsContext::for_wrapped(secret.key_id, &wrapped)).await?;
         let from_version = secret.data_key_version;
         secret.wrapped_data_key = rewrapped.blob;
         secret.kms_key_id = rewrapped.kms_key_id;

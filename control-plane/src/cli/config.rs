@@ -11,6 +11,7 @@ use rand_core::OsRng;
 
 use crate::clock::SystemClock;
 use crate::kms::aws::AwsKms;
+use crate::kms::cache::{CacheLimits, CachingKms};
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
 use crate::service::{Service, Settings};
@@ -46,6 +47,14 @@ pub struct Config {
     /// AWS KMS: endpoint URL in place of AWS's (a local KMS API server).
     #[arg(long, env = "KEYGATE_KMS_ENDPOINT", global = true)]
     pub kms_endpoint: Option<String>,
+    /// Data-key cache: secrets one KMS data key may seal (0, the default, turns the cache off).
+    #[arg(long, env = "KEYGATE_KMS_CACHE_MAX_USES", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=crate::kms::cache::MAX_USES_LIMIT), global = true)]
+    pub kms_cache_max_uses: u64,
+    /// Data-key cache: seconds a data key may be used for.
+    #[arg(long, env = "KEYGATE_KMS_CACHE_MAX_AGE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(1..=86_400), global = true)]
+    pub kms_cache_max_age_secs: i64,
     /// Prefix of new keys, `[a-z][a-z0-9]{1,15}`.
     #[arg(long, visible_alias = "prefix", env = "KEYGATE_KEY_PREFIX", default_value_t = Prefix::default(), global = true)]
     pub key_prefix: Prefix,
@@ -80,13 +89,18 @@ pub enum ConfigError {
 impl Config {
     /// The KMS provider this configuration names.
     pub async fn kms(&self) -> Result<Arc<dyn Kms>, ConfigError> {
-        Ok(match self.kms {
+        let provider: Arc<dyn Kms> = match self.kms {
             KmsKind::Local => Arc::new(LocalKms::open_or_create(&self.kms_master_key_file)?),
             KmsKind::Aws => {
                 let key_id = self.kms_key_id.clone().ok_or(ConfigError::MissingKmsKeyId)?;
                 Arc::new(AwsKms::connect(key_id, self.kms_endpoint.clone()).await)
             }
-        })
+        };
+        if self.kms_cache_max_uses == 0 {
+            return Ok(provider);
+        }
+        let limits = CacheLimits { max_uses: self.kms_cache_max_uses, max_age_secs: self.kms_cache_max_age_secs };
+        Ok(Arc::new(CachingKms::new(provider, limits, Arc::new(SystemClock))))
     }
 
     /// Opens the database (running migrations) and the KMS, and builds the service on the system clock

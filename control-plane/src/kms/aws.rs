@@ -72,7 +72,7 @@ impl Kms for AwsKms {
         &self.key_id
     }
 
-    async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
+    async fn generate_data_key(&self, context: &KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
         let response = self
             .client
             .generate_data_key()
@@ -88,12 +88,13 @@ impl Kms for AwsKms {
         let wrapped = WrappedKey {
             blob: response.ciphertext_blob().ok_or(KmsError::Malformed)?.as_ref().to_vec(),
             kms_key_id: response.key_id().unwrap_or(&self.key_id).to_owned(),
+            shared_id: context.shared_id.clone(),
         };
         drop(response);
         Ok((key, wrapped))
     }
 
-    async fn decrypt(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<DataKey, KmsError> {
+    async fn decrypt(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<DataKey, KmsError> {
         let response = self
             .client
             .decrypt()
@@ -108,7 +109,7 @@ impl Kms for AwsKms {
         key
     }
 
-    async fn rewrap(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<WrappedKey, KmsError> {
+    async fn rewrap(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<WrappedKey, KmsError> {
         let response = self
             .client
             .re_encrypt()
@@ -123,6 +124,7 @@ impl Kms for AwsKms {
         Ok(WrappedKey {
             blob: response.ciphertext_blob().ok_or(KmsError::Malformed)?.as_ref().to_vec(),
             kms_key_id: response.key_id().unwrap_or(&self.key_id).to_owned(),
+            shared_id: context.shared_id.clone(),
         })
     }
 }

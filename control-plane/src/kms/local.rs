@@ -107,14 +107,14 @@ impl<R: RngCore + CryptoRng + Send> LocalKms<R> {
         self.rng.lock().unwrap_or_else(PoisonError::into_inner).fill_bytes(buf);
     }
 
-    fn aad(&self, context: KmsContext) -> Vec<u8> {
+    fn aad(&self, context: &KmsContext) -> Vec<u8> {
         let mut aad = context.to_aad();
         aad.extend_from_slice(b";kms_key_id=");
         aad.extend_from_slice(self.key_id.as_bytes());
         aad
     }
 
-    fn wrap(&self, key: &DataKey, context: KmsContext) -> Result<WrappedKey, KmsError> {
+    fn wrap(&self, key: &DataKey, context: &KmsContext) -> Result<WrappedKey, KmsError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.fill_random(&mut nonce);
         let sealed = self
@@ -125,10 +125,10 @@ impl<R: RngCore + CryptoRng + Send> LocalKms<R> {
         blob.extend_from_slice(MAGIC);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&sealed);
-        Ok(WrappedKey { blob, kms_key_id: self.key_id.clone() })
+        Ok(WrappedKey { blob, kms_key_id: self.key_id.clone(), shared_id: context.shared_id.clone() })
     }
 
-    fn unwrap(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<DataKey, KmsError> {
+    fn unwrap(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<DataKey, KmsError> {
         if wrapped.kms_key_id != self.key_id {
             return Err(KmsError::Refused("wrapped under another master key".into()));
         }
@@ -156,7 +156,7 @@ impl<R: RngCore + CryptoRng + Send> Kms for LocalKms<R> {
         &self.key_id
     }
 
-    async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
+    async fn generate_data_key(&self, context: &KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
         let mut bytes = Zeroizing::new([0u8; DATA_KEY_LEN]);
         self.fill_random(bytes.as_mut());
         let key = DataKey(bytes);
@@ -164,11 +164,11 @@ impl<R: RngCore + CryptoRng + Send> Kms for LocalKms<R> {
         Ok((key, wrapped))
     }
 
-    async fn decrypt(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<DataKey, KmsError> {
+    async fn decrypt(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<DataKey, KmsError> {
         self.unwrap(wrapped, context)
     }
 
-    async fn rewrap(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<WrappedKey, KmsError> {
+    async fn rewrap(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<WrappedKey, KmsError> {
         let key = self.unwrap(wrapped, context)?;
         self.wrap(&key, context)
     }

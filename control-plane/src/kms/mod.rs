@@ -5,6 +5,7 @@
 //! wrap: a data key unwrapped under another key id or purpose fails.
 
 pub mod aws;
+pub mod cache;
 pub mod local;
 
 use std::collections::HashMap;
@@ -50,15 +51,19 @@ pub struct WrappedKey {
     pub blob: Vec<u8>,
     /// The KMS key that wrapped it (an ARN for AWS, `local:<fingerprint>` for the local provider).
     pub kms_key_id: String,
+    /// For a shared data key (the data-key cache), the id its encryption context names.
+    pub shared_id: Option<String>,
 }
 
 /// What a data key protects, bound into its wrapping (AWS encryption context; AAD for the local provider).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KmsContext {
     /// The API key whose secret the data key encrypts.
     pub key_id: KeyId,
     /// What the data key is for.
     pub purpose: Purpose,
+    /// Set for a data key shared by several secrets: the context names this id, not `key_id`.
+    pub shared_id: Option<String>,
 }
 
 /// Why a data key exists.
@@ -79,22 +84,36 @@ impl Purpose {
 impl KmsContext {
     /// The context for an API key's secret.
     pub fn api_key_secret(key_id: KeyId) -> Self {
-        Self { key_id, purpose: Purpose::ApiKeySecret }
+        Self { key_id, purpose: Purpose::ApiKeySecret, shared_id: None }
+    }
+
+    /// The context a stored data key was wrapped with: its own key id's, or its shared id's.
+    pub fn for_wrapped(key_id: KeyId, wrapped: &WrappedKey) -> Self {
+        Self { shared_id: wrapped.shared_id.clone(), ..Self::api_key_secret(key_id) }
+    }
+
+    /// The name-value pair that says whose data key this is.
+    fn owner(&self) -> (&'static str, String) {
+        match &self.shared_id {
+            Some(id) => ("keygate:data_key_id", id.clone()),
+            None => ("keygate:key_id", self.key_id.to_string()),
+        }
     }
 
     /// The context as AWS encryption-context pairs.
     pub fn pairs(&self) -> HashMap<String, String> {
-        HashMap::from([
-            ("keygate:key_id".to_owned(), self.key_id.to_string()),
-            ("keygate:purpose".to_owned(), self.purpose.as_str().to_owned()),
-        ])
+        let (name, value) = self.owner();
+        HashMap::from([(name.to_owned(), value), ("keygate:purpose".to_owned(), self.purpose.as_str().to_owned())])
     }
 
-    /// The context as bytes, one unambiguous encoding: fixed-width key id, then the purpose.
-    pub(crate) fn to_aad(self) -> Vec<u8> {
+    /// The context as bytes, one unambiguous encoding: the owner (fixed-width key id, or the shared id),
+    /// then the purpose.
+    pub(crate) fn to_aad(&self) -> Vec<u8> {
+        let (name, value) = self.owner();
         let mut aad = Vec::with_capacity(64);
-        aad.extend_from_slice(b"keygate:key_id=");
-        aad.extend_from_slice(self.key_id.to_string().as_bytes());
+        aad.extend_from_slice(name.as_bytes());
+        aad.push(b'=');
+        aad.extend_from_slice(value.as_bytes());
         aad.extend_from_slice(b";keygate:purpose=");
         aad.extend_from_slice(self.purpose.as_str().as_bytes());
         aad
@@ -128,11 +147,11 @@ pub trait Kms: Send + Sync + fmt::Debug {
     fn current_key_id(&self) -> &str;
 
     /// A fresh AES-256 data key, in the clear and wrapped under the current KMS key.
-    async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError>;
+    async fn generate_data_key(&self, context: &KmsContext) -> Result<(DataKey, WrappedKey), KmsError>;
 
     /// Unwraps a data key; fails unless `context` is the one it was wrapped with.
-    async fn decrypt(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<DataKey, KmsError>;
+    async fn decrypt(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<DataKey, KmsError>;
 
     /// Re-wraps a data key under the current KMS key without exposing it here (AWS ReEncrypt).
-    async fn rewrap(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<WrappedKey, KmsError>;
+    async fn rewrap(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<WrappedKey, KmsError>;
 }

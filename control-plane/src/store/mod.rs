@@ -16,6 +16,7 @@ use keygate_shared::{KeyId, SecretHash};
 pub use sql::SqlStore;
 
 use crate::audit::{AuditDraft, AuditEntry};
+use crate::kms::WrappedKey;
 
 /// One API key's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,12 +66,25 @@ pub struct SecretRow {
     pub wrapped_data_key: Vec<u8>,
     /// The KMS key that wrapped it.
     pub kms_key_id: String,
+    /// For a data key from the data-key cache: the id its KMS encryption context names.
+    pub data_key_id: Option<String>,
     /// Bumped by each rewrap.
     pub data_key_version: i64,
     /// Unix seconds.
     pub created_at: i64,
     /// End of grace (exclusive); `None` for the current generation.
     pub not_after: Option<i64>,
+}
+
+impl SecretRow {
+    /// The wrapped data key, as KMS takes it back.
+    pub fn wrapped(&self) -> WrappedKey {
+        WrappedKey {
+            blob: self.wrapped_data_key.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+            shared_id: self.data_key_id.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for SecretRow {

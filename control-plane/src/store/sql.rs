@@ -103,7 +103,7 @@ impl Dialect for Postgres {
 const KEY_COLUMNS: &str = "id, name, owner, tier, permissions, metadata, prefix, region, created_at, expires_at, \
      rotated_at, revoked_at, revoked_reason, generation";
 const SECRET_COLUMNS: &str = "key_id, generation, secret_hash, ciphertext, wrapped_data_key, kms_key_id, \
-     data_key_version, created_at, not_after";
+     data_key_version, created_at, not_after, data_key_id";
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, key_id, outcome, detail, prev_hash, hash";
 
 fn corrupt(what: &str) -> StoreError {
@@ -165,6 +165,7 @@ where
             data_key_version: row.try_get(6)?,
             created_at: row.try_get(7)?,
             not_after: row.try_get(8)?,
+            data_key_id: row.try_get(9)?,
         })
     }
 
@@ -301,22 +302,21 @@ where
                     .execute(&mut **tx)
                     .await?
                 }
-                Op::InsertSecret(secret) => {
-                    sqlx::query(&format!(
-                        "INSERT INTO api_key_secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                    ))
-                    .bind(secret.key_id.to_string())
-                    .bind(secret.generation)
-                    .bind(secret.secret_hash.to_hex())
-                    .bind(secret.ciphertext.clone())
-                    .bind(secret.wrapped_data_key.clone())
-                    .bind(secret.kms_key_id.clone())
-                    .bind(secret.data_key_version)
-                    .bind(secret.created_at)
-                    .bind(secret.not_after)
-                    .execute(&mut **tx)
-                    .await?
-                }
+                Op::InsertSecret(secret) => sqlx::query(&format!(
+                    "INSERT INTO api_key_secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ))
+                .bind(secret.key_id.to_string())
+                .bind(secret.generation)
+                .bind(secret.secret_hash.to_hex())
+                .bind(secret.ciphertext.clone())
+                .bind(secret.wrapped_data_key.clone())
+                .bind(secret.kms_key_id.clone())
+                .bind(secret.data_key_version)
+                .bind(secret.created_at)
+                .bind(secret.not_after)
+                .bind(secret.data_key_id.clone())
+                .execute(&mut **tx)
+                .await?,
                 Op::Rotate { key_id, expected_generation, previous_not_after, rotated_at } => {
                     let id = key_id.to_string();
                     let moved = sqlx::query(

@@ -178,6 +178,31 @@ async fn lifecycle_on_postgres_with_the_aws_kms() {
     app.cleanup().await;
 }
 
+#[tokio::test]
+async fn lifecycle_on_postgres_with_the_aws_kms_behind_a_data_key_cache() {
+    let limits = keygate_control_plane::kms::cache::CacheLimits { max_uses: 4, max_age_secs: 300 };
+    let app = TestApp::postgres_aws_cached("lifecycle_cached", limits).await;
+    lifecycle(&app).await;
+    expiry(&app).await;
+    // Secrets share data keys (at most 4 each) and still open one by one, also after a rewrap.
+    let mut keys = vec![];
+    for _ in 0..9 {
+        keys.push(app.create_key(&["query:read"]).await);
+    }
+    let secrets = app.store.rewrap_pending(i64::MAX, 1000).await.unwrap();
+    let mut shared: Vec<&str> = secrets.iter().map(|s| s.data_key_id.as_deref().unwrap()).collect();
+    shared.sort_unstable();
+    let uses = shared.chunk_by(|a, b| a == b).map(<[&str]>::len).max().unwrap();
+    assert!(uses > 1 && uses <= 4, "{uses}");
+    let (status, rewrapped) = app.admin(Method::POST, "/admin/kms/rewrap", None).await;
+    assert_eq!(status, StatusCode::OK, "{rewrapped}");
+    for (key, id) in &keys {
+        let (status, revealed) = app.admin(Method::POST, &format!("/admin/api-keys/{id}/reveal"), None).await;
+        assert_eq!((status, revealed["api_key"].as_str()), (StatusCode::OK, Some(key.as_str())));
+    }
+    app.cleanup().await;
+}
+
 /// Rotations racing on one key: each one that succeeds moves the generation; the rest are told to retry;
 /// the outbox holds exactly one record per success, in the order they committed.
 async fn racing_rotations(app: &TestApp) {

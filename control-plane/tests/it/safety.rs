@@ -536,13 +536,13 @@ impl Kms for FailingRewrapKms {
     fn current_key_id(&self) -> &str {
         self.inner.current_key_id()
     }
-    async fn generate_data_key(&self, context: KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
+    async fn generate_data_key(&self, context: &KmsContext) -> Result<(DataKey, WrappedKey), KmsError> {
         self.inner.generate_data_key(context).await
     }
-    async fn decrypt(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<DataKey, KmsError> {
+    async fn decrypt(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<DataKey, KmsError> {
         self.inner.decrypt(wrapped, context).await
     }
-    async fn rewrap(&self, wrapped: &WrappedKey, context: KmsContext) -> Result<WrappedKey, KmsError> {
+    async fn rewrap(&self, wrapped: &WrappedKey, context: &KmsContext) -> Result<WrappedKey, KmsError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) >= self.allowed {
             // Fail late, as a timeout would: the rewraps that succeeded have committed by then.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

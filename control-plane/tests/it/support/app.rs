@@ -101,6 +101,29 @@ impl TestApp {
         app
     }
 
+    /// As [`TestApp::postgres_aws`], with the data-key cache in front of the aws provider.
+    pub async fn postgres_aws_cached(name: &str, limits: keygate_control_plane::kms::cache::CacheLimits) -> Self {
+        let (store, schema) = Self::postgres_store(name).await;
+        let server = KmsServer::start();
+        let aws: Arc<dyn Kms> = Arc::new(AwsKms::from_client(server.client(), server.create_key().await));
+        let clock = Arc::new(ManualClock::at(T0));
+        let kms = Arc::new(keygate_control_plane::kms::cache::CachingKms::new(aws, limits, clock.clone()));
+        let service = Arc::new(Service::new(store.clone(), kms, clock.clone(), Box::new(OsRng), Settings::default()));
+        let admin_key = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
+        let router = keygate_control_plane::api::router(service.clone());
+        Self {
+            service,
+            store,
+            clock,
+            router,
+            admin_key,
+            kms_server: Some(server),
+            sqlite_path: None,
+            pg_schema: Some(schema),
+            dir: std::env::temp_dir(),
+        }
+    }
+
     /// Drops the PostgreSQL schema or the SQLite folder.
     pub async fn cleanup(self) {
         if let Some(schema) = &self.pg_schema {
