@@ -15,6 +15,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use keygate_control_plane::clock::SystemClock;
 use keygate_control_plane::kms::aws::AwsKms;
+use keygate_control_plane::kms::cache::{CacheLimits, CachingKms};
 use keygate_control_plane::kms::local::LocalKms;
 use keygate_control_plane::kms::Kms;
 use keygate_control_plane::service::{Actor, NewKey, Service, Settings};
@@ -47,6 +48,9 @@ struct Args {
     /// Also time a rewrap of every data key.
     #[arg(long)]
     rewrap: bool,
+    /// Data-key cache: secrets per KMS data key (0: no cache, one data key per secret).
+    #[arg(long, default_value_t = 0)]
+    cache_uses: u64,
 }
 
 async fn aws(endpoint: &str) -> (aws_sdk_kms::Client, String) {
@@ -97,6 +101,12 @@ async fn main() {
             Arc::new(AwsKms::from_client(client, key))
         }
     };
+    let kms: Arc<dyn Kms> = if args.cache_uses > 0 {
+        let limits = CacheLimits { max_uses: args.cache_uses, max_age_secs: 300 };
+        Arc::new(CachingKms::new(kms, limits, Arc::new(SystemClock)))
+    } else {
+        kms
+    };
     let service =
         Arc::new(Service::new(store.clone(), kms.clone(), Arc::new(SystemClock), Box::new(OsRng), Settings::default()));
 
@@ -141,7 +151,8 @@ async fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "database": store.dialect(), "kms": kms.provider(), "keys": args.keys, "concurrency": args.concurrency,
+            "database": store.dialect(), "kms": kms.provider(), "cache_uses": args.cache_uses,
+            "keys": args.keys, "concurrency": args.concurrency,
             "keys_per_sec": (args.keys as f64 / elapsed).round(),
             "create_ms_p50": percentile(&latencies, 0.5), "create_ms_p99": percentile(&latencies, 0.99),
             "rewrap_secs": rewrap_secs,

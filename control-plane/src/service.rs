@@ -4,6 +4,7 @@
 //! KMS is called before anything is written, so a KMS outage leaves no trace; verification and admin
 //! authentication never call KMS.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -39,11 +40,19 @@ pub struct Settings {
     pub default_expiry_days: i64,
     /// Grace period of a reroll without `grace_period_secs`.
     pub default_grace_secs: i64,
+    /// Secrets a rewrap stores per transaction (work lost to an interruption is at most one batch).
+    pub rewrap_batch: i64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { prefix: Prefix::default(), region: Region::default(), default_expiry_days: 90, default_grace_secs: DAY }
+        Self {
+            prefix: Prefix::default(),
+            region: Region::default(),
+            default_expiry_days: 90,
+            default_grace_secs: DAY,
+            rewrap_batch: 256,
+        }
     }
 }
 
@@ -611,16 +620,30 @@ impl Service {
         let mut done = 0u64;
         progress(0, total);
         loop {
-            let batch = self.store.rewrap_pending(run.target_version, 256).await?;
+            let batch = self.store.rewrap_pending(run.target_version, self.settings.rewrap_batch.max(1)).await?;
             if batch.is_empty() {
                 break;
             }
-            let moved: Vec<u64> = stream::iter(batch)
-                .map(|secret| self.rewrap_one(secret, run.target_version))
+            // Rows that share a data key (the data-key cache) share its wrapped blob: one KMS call each.
+            let mut groups: Vec<Vec<SecretRow>> = Vec::new();
+            let mut by_blob: HashMap<Vec<u8>, usize> = HashMap::new();
+            for secret in batch {
+                match by_blob.get(&secret.wrapped_data_key) {
+                    Some(&group) => groups[group].push(secret),
+                    None => {
+                        by_blob.insert(secret.wrapped_data_key.clone(), groups.len());
+                        groups.push(vec![secret]);
+                    }
+                }
+            }
+            let rewrapped: Vec<Vec<(SecretRow, i64)>> = stream::iter(groups)
+                .map(|group| self.rewrap_group(group, run.target_version))
                 .buffer_unordered(REWRAP_CONCURRENCY)
                 .try_collect()
                 .await?;
-            done += moved.iter().sum::<u64>();
+            // The batch's rows in one transaction: one commit per batch, not one per row.
+            let updates: Vec<(SecretRow, i64)> = rewrapped.into_iter().flatten().collect();
+            done += self.store.rewrap_secrets(&updates).await?;
             progress(done, total.max(done));
         }
         let finished = self.clock.now();
@@ -642,14 +665,28 @@ impl Service {
         Ok(done)
     }
 
-    async fn rewrap_one(&self, mut secret: SecretRow, target_version: i64) -> Result<u64, ServiceError> {
-        let wrapped = secret.wrapped();
-        let rewrapped = self.kms.rewrap(&wrapped, &KmsContext::for_wrapped(secret.key_id, &wrapped)).await?;
-        let from_version = secret.data_key_version;
-        secret.wrapped_data_key = rewrapped.blob;
-        secret.kms_key_id = rewrapped.kms_key_id;
-        secret.data_key_version = target_version;
-        Ok(u64::from(self.store.rewrap_secret(&secret, from_version).await?))
+    /// Rewraps one data key (KMS ReEncrypt) for every row that holds it; returns each row as it will be
+    /// stored, with the version it must still be at.
+    async fn rewrap_group(
+        &self,
+        group: Vec<SecretRow>,
+        target_version: i64,
+    ) -> Result<Vec<(SecretRow, i64)>, ServiceError> {
+        let Some(first) = group.first() else {
+            return Ok(Vec::new());
+        };
+        let wrapped = first.wrapped();
+        let rewrapped = self.kms.rewrap(&wrapped, &KmsContext::for_wrapped(first.key_id, &wrapped)).await?;
+        Ok(group
+            .into_iter()
+            .map(|mut secret| {
+                let from_version = secret.data_key_version;
+                secret.wrapped_data_key.clone_from(&rewrapped.blob);
+                secret.kms_key_id.clone_from(&rewrapped.kms_key_id);
+                secret.data_key_version = target_version;
+                (secret, from_version)
+            })
+            .collect())
     }
 }
 

@@ -267,8 +267,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn rewrap_pending(&self, target_version: i64, limit: i64) -> Result<Vec<SecretRow>, StoreError>;
     /// How many secrets are still below `target_version`.
     async fn rewrap_remaining(&self, target_version: i64) -> Result<i64, StoreError>;
-    /// Stores a rewrapped data key, if the secret is still at `from_version`.
-    async fn rewrap_secret(&self, secret: &SecretRow, from_version: i64) -> Result<bool, StoreError>;
+    /// Stores rewrapped data keys in one transaction, each only if its secret is still at its
+    /// `from_version`; returns how many were stored.
+    async fn rewrap_secrets(&self, updates: &[(SecretRow, i64)]) -> Result<u64, StoreError>;
     /// Marks a run finished.
     async fn rewrap_finish(&self, run_id: i64, now: i64) -> Result<(), StoreError>;
 }

@@ -302,21 +302,23 @@ where
                     .execute(&mut **tx)
                     .await?
                 }
-                Op::InsertSecret(secret) => sqlx::query(&format!(
+                Op::InsertSecret(secret) => {
+                    sqlx::query(&format!(
                     "INSERT INTO api_key_secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
                 ))
-                .bind(secret.key_id.to_string())
-                .bind(secret.generation)
-                .bind(secret.secret_hash.to_hex())
-                .bind(secret.ciphertext.clone())
-                .bind(secret.wrapped_data_key.clone())
-                .bind(secret.kms_key_id.clone())
-                .bind(secret.data_key_version)
-                .bind(secret.created_at)
-                .bind(secret.not_after)
-                .bind(secret.data_key_id.clone())
-                .execute(&mut **tx)
-                .await?,
+                    .bind(secret.key_id.to_string())
+                    .bind(secret.generation)
+                    .bind(secret.secret_hash.to_hex())
+                    .bind(secret.ciphertext.clone())
+                    .bind(secret.wrapped_data_key.clone())
+                    .bind(secret.kms_key_id.clone())
+                    .bind(secret.data_key_version)
+                    .bind(secret.created_at)
+                    .bind(secret.not_after)
+                    .bind(secret.data_key_id.clone())
+                    .execute(&mut **tx)
+                    .await?
+                }
                 Op::Rotate { key_id, expected_generation, previous_not_after, rotated_at } => {
                     let id = key_id.to_string();
                     let moved = sqlx::query(
@@ -577,20 +579,26 @@ where
         Ok(row.try_get(0)?)
     }
 
-    async fn rewrap_secret(&self, secret: &SecretRow, from_version: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE api_key_secrets SET wrapped_data_key = $1, kms_key_id = $2, data_key_version = $3 \
-             WHERE key_id = $4 AND generation = $5 AND data_key_version = $6",
-        )
-        .bind(secret.wrapped_data_key.clone())
-        .bind(secret.kms_key_id.clone())
-        .bind(secret.data_key_version)
-        .bind(secret.key_id.to_string())
-        .bind(secret.generation)
-        .bind(from_version)
-        .execute(&self.pool)
-        .await?;
-        Ok(DB::rows_affected(&done) == 1)
+    async fn rewrap_secrets(&self, updates: &[(SecretRow, i64)]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = 0;
+        for (secret, from_version) in updates {
+            let done = sqlx::query(
+                "UPDATE api_key_secrets SET wrapped_data_key = $1, kms_key_id = $2, data_key_version = $3 \
+                 WHERE key_id = $4 AND generation = $5 AND data_key_version = $6",
+            )
+            .bind(secret.wrapped_data_key.clone())
+            .bind(secret.kms_key_id.clone())
+            .bind(secret.data_key_version)
+            .bind(secret.key_id.to_string())
+            .bind(secret.generation)
+            .bind(*from_version)
+            .execute(&mut *tx)
+            .await?;
+            stored += DB::rows_affected(&done);
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 
     async fn rewrap_finish(&self, run_id: i64, now: i64) -> Result<(), StoreError> {

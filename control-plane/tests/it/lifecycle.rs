@@ -196,6 +196,14 @@ async fn lifecycle_on_postgres_with_the_aws_kms_behind_a_data_key_cache() {
     assert!(uses > 1 && uses <= 4, "{uses}");
     let (status, rewrapped) = app.admin(Method::POST, "/admin/kms/rewrap", None).await;
     assert_eq!(status, StatusCode::OK, "{rewrapped}");
+    // One ReEncrypt per data key: rows that share a data key still share one wrapped blob.
+    let after = app.store.rewrap_pending(i64::MAX, 1000).await.unwrap();
+    for secret in &after {
+        let twin = after.iter().find(|s| s.data_key_id == secret.data_key_id).unwrap();
+        assert_eq!(twin.wrapped_data_key, secret.wrapped_data_key);
+    }
+    let before_blobs: Vec<&Vec<u8>> = secrets.iter().map(|s| &s.wrapped_data_key).collect();
+    assert!(after.iter().all(|s| !before_blobs.contains(&&s.wrapped_data_key)), "every data key was rewrapped");
     for (key, id) in &keys {
         let (status, revealed) = app.admin(Method::POST, &format!("/admin/api-keys/{id}/reveal"), None).await;
         assert_eq!((status, revealed["api_key"].as_str()), (StatusCode::OK, Some(key.as_str())));

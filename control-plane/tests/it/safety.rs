@@ -562,19 +562,19 @@ async fn an_interrupted_rewrap_resumes_and_every_key_still_decrypts() {
     let total = app.counts().await.secrets as u64;
     let failing =
         Arc::new(FailingRewrapKms { inner: app.service.kms().clone(), allowed: 10, calls: AtomicUsize::new(0) });
-    let broken =
-        Service::new(app.store.clone(), failing, app.clock.clone(), Box::new(rand_core::OsRng), Settings::default());
+    // Batches of 8: the first commits, the second meets the fault after two rewraps and stores nothing.
+    let settings = Settings { rewrap_batch: 8, ..Settings::default() };
+    let broken = Service::new(app.store.clone(), failing, app.clock.clone(), Box::new(rand_core::OsRng), settings);
     let error = broken.rewrap(&Actor::Cli, &|_, _| {}).await.unwrap_err();
     assert_eq!(error.code(), "kms_unavailable");
-    assert_eq!(
-        app.store.rewrap_pending(i64::MAX, 1000).await.unwrap().iter().filter(|s| s.data_key_version == 2).count(),
-        10
-    );
+    let moved =
+        app.store.rewrap_pending(i64::MAX, 1000).await.unwrap().iter().filter(|s| s.data_key_version == 2).count();
+    assert_eq!(moved, 8);
 
     // Run again (through the API): the interrupted run continues where it stopped.
     let (status, finished) = app.admin(Method::POST, "/admin/kms/rewrap", None).await;
     assert_eq!(status, StatusCode::OK, "{finished}");
-    assert_eq!(finished["rewrapped"].as_u64(), Some(total - 10));
+    assert_eq!(finished["rewrapped"].as_u64(), Some(total - 8));
     assert!(app.store.rewrap_pending(i64::MAX, 1000).await.unwrap().iter().all(|s| s.data_key_version == 2));
     let log = app.service.audit_log(None, 10).await.unwrap();
     assert!(log.iter().any(|e| e.action == "kms.rewrap.start" && e.detail.contains("\"resumed\":true")));
