@@ -54,7 +54,9 @@ bench-control-plane:
 	  run --kms local --database-url $(BENCH_PG) --keys 2000; \
 	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --keys 2000; \
 	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 2000; \
-	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 10000 --rewrap
+	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 2000 --cache-uses 100; \
+	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 10000 --rewrap; \
+	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 10000 --rewrap --cache-uses 100
 
 vectors:
 	KEYGATE_BLESS=1 $(CARGO) test -p keygate-shared --test it vectors
