@@ -1,7 +1,10 @@
-//! keygate's edge worker. The Cloudflare Worker itself (routing, Workers KV, forwarding) arrives with
-//! the edge issue; until then this crate only pins down that the worker builds on `keygate-shared`
-//! without its `std` feature, as it must for `wasm32-unknown-unknown`.
+//! keygate's edge worker: checks every GraphQL request against replicated key records and forwards the
+//! good ones to the origin. The logic lives in plain modules that native tests cover; the Cloudflare
+//! Worker glue (routing, Workers KV, fetch) only calls them.
 
-#![no_std]
+pub mod check;
+pub mod graphql;
+pub mod ratelimit;
+pub mod replica;
 
 pub use keygate_shared as shared;

@@ -13,12 +13,14 @@ extern crate alloc;
 mod base62;
 pub mod hash;
 pub mod key;
+pub mod origin;
 pub mod permissions;
 pub mod record;
 pub mod sync;
 
 pub use hash::{sha256_hex, SecretHash};
 pub use key::{ApiKey, KeyError, KeyId, KeySecret, ParsedKey, Prefix, Region};
+pub use origin::OriginSecret;
 pub use permissions::{AdminScope, Denial, OperationKind, Permission, PermissionError, PermissionSet};
 pub use record::{KeyRecord, Refusal, SecretEntry};
 pub use sync::{SyncError, SyncPayload, SyncSecret};

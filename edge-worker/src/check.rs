@@ -1,0 +1,150 @@
+//! The request check, in DESIGN.md's order: key shape and checksum (no storage read) → record by key
+//! id → constant-time secret match, revocation, expiry → permission for the GraphQL operation → rate
+//! limit. It is a plain function over a [`RecordSource`], so native tests drive it without a runtime.
+
+use keygate_shared::{Denial, KeyId, KeyRecord, ParsedKey};
+
+use crate::graphql::{ClassifyError, GraphqlBody};
+use crate::ratelimit::{Decision, RateLimiter, Tiers};
+
+/// Where the check finds a key's record (Workers KV in the worker).
+#[allow(async_fn_in_trait)] // The worker is single-threaded: its futures need not be Send.
+pub trait RecordSource {
+    /// The record stored for `key_id` (the 22-character form), if any.
+    async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault>;
+}
+
+/// The record store failed (not "no record").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFault(pub String);
+
+/// What the check needs of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// `GET` or `POST` (others are refused before the check).
+    pub method: &'a str,
+    /// The `X-API-Key` header, if present.
+    pub api_key: Option<&'a str>,
+    /// Query-string pairs, decoded.
+    pub query: &'a [(String, String)],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// A request allowed through, and what to tell the origin and the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The key's id.
+    pub key_id: KeyId,
+    /// The key's tier.
+    pub tier: String,
+    /// The window's limit.
+    pub limit: u32,
+    /// Requests left in the window.
+    pub remaining: u32,
+}
+
+/// Why a request is refused; each maps to one status and one GraphQL-shaped body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// No `X-API-Key` header: 401.
+    MissingKey,
+    /// Malformed, failed checksum, unknown, wrong, revoked or expired: 401, all alike.
+    BadKey,
+    /// A key in the URL's query string: 400 (it is in logs now; rotate it).
+    KeyInUrl,
+    /// Not a GraphQL request keygate can classify: 400.
+    BadRequest(ClassifyError),
+    /// The key may not do this: 403.
+    Forbidden(Denial),
+    /// Over the tier's limit: 429.
+    RateLimited {
+        /// The window's limit.
+        limit: u32,
+        /// Seconds until the window ends.
+        retry_after: i64,
+    },
+    /// The record store failed: 503.
+    Unavailable,
+}
+
+/// Query parameter names that carry keys in other products.
+const KEY_PARAMETERS: [&str; 6] = ["api_key", "apikey", "key", "x-api-key", "access_token", "token"];
+
+/// A request's GraphQL operations: the JSON body of a POST, or the `query` parameters of a GET.
+fn graphql_body(request: &Incoming<'_>) -> Result<GraphqlBody, ClassifyError> {
+    if request.method.eq_ignore_ascii_case("GET") {
+        let param = |name: &str| request.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        return Ok(GraphqlBody::from_query_params(param("query"), param("operationName")));
+    }
+    GraphqlBody::decode(request.body)
+}
+
+/// Checks one request at `now` (unix seconds).
+pub async fn check<R: RecordSource>(
+    request: &Incoming<'_>,
+    records: &R,
+    limiter: &mut RateLimiter,
+    tiers: &Tiers,
+    now: i64,
+) -> Result<Admitted, Refused> {
+    let in_url = request.query.iter().any(|(name, value)| {
+        KEY_PARAMETERS.iter().any(|k| name.eq_ignore_ascii_case(k)) || ParsedKey::parse(value).is_ok()
+    });
+    if in_url {
+        return Err(Refused::KeyInUrl);
+    }
+    let presented = request.api_key.ok_or(Refused::MissingKey)?;
+    // Shape and checksum: a mistyped or forged key costs no storage read.
+    let key = ParsedKey::parse(presented).map_err(|_| Refused::BadKey)?;
+    let record = records.record(key.key_id_str()).await.map_err(|_| Refused::Unavailable)?.ok_or(Refused::BadKey)?;
+    record.check(&key, now).map_err(|_| Refused::BadKey)?;
+
+    let body = graphql_body(request).map_err(Refused::BadRequest)?;
+    // The batch size is checked before any document is parsed.
+    let allowed = record.permissions.max_batch();
+    if body.is_batch() && u32::try_from(body.len()).map_or(true, |size| size > allowed) {
+        return Err(Refused::Forbidden(Denial::BatchTooLarge { size: body.len(), allowed }));
+    }
+    let operations = body.operations().map_err(Refused::BadRequest)?;
+    record.permissions.check_request(&operations, body.is_batch()).map_err(Refused::Forbidden)?;
+
+    match limiter.admit(record.key_id, tiers.limit(&record.tier), now) {
+        Decision::Allowed { limit, remaining } => {
+            Ok(Admitted { key_id: record.key_id, tier: record.tier, limit, remaining })
+        }
+        Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
+    }
+}
+
+/// A refusal as the client sees it: status, extra headers, and a GraphQL-shaped JSON body.
+pub fn refusal_response(refused: &Refused) -> (u16, Vec<(&'static str, String)>, String) {
+    let (status, code, message): (u16, &str, String) = match refused {
+        Refused::MissingKey => (401, "UNAUTHENTICATED", "missing API key: send it in the X-API-Key header".into()),
+        Refused::BadKey => (401, "UNAUTHENTICATED", "invalid API key".into()),
+        Refused::KeyInUrl => (
+            400,
+            "API_KEY_IN_URL",
+            "API keys are not accepted in the URL: send the key in the X-API-Key header, and rotate it".into(),
+        ),
+        Refused::BadRequest(error) => (400, "BAD_REQUEST", error.message().into()),
+        Refused::Forbidden(denial) => (403, "FORBIDDEN", denial.to_string()),
+        Refused::RateLimited { .. } => (429, "RATE_LIMITED", "rate limit exceeded for this API key".into()),
+        Refused::Unavailable => (503, "SERVICE_UNAVAILABLE", "key records are unavailable; retry".into()),
+    };
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    match refused {
+        Refused::MissingKey | Refused::BadKey => {
+            headers.push(("www-authenticate", "ApiKey header=\"X-API-Key\"".into()))
+        }
+        Refused::RateLimited { limit, retry_after } => {
+            headers.push(("retry-after", retry_after.to_string()));
+            headers.push(("x-ratelimit-limit", limit.to_string()));
+            headers.push(("x-ratelimit-remaining", "0".into()));
+        }
+        Refused::Unavailable => headers.push(("retry-after", "1".into())),
+        _ => {}
+    }
+    let body = serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string();
+    (status, headers, body)
+}
