@@ -6,5 +6,6 @@ pub mod cli;
 pub mod clock;
 pub mod envelope;
 pub mod kms;
+pub mod replicator;
 pub mod service;
 pub mod store;

@@ -5,7 +5,7 @@
 use keygate_shared::{Denial, KeyId, KeyRecord, ParsedKey};
 
 use crate::graphql::{ClassifyError, GraphqlBody};
-use crate::ratelimit::{Decision, RateLimiter, Tiers};
+use crate::ratelimit::{Decision, Tiers};
 
 /// Where the check finds a key's record (Workers KV in the worker).
 #[allow(async_fn_in_trait)] // The worker is single-threaded: its futures need not be Send.
@@ -81,10 +81,13 @@ fn graphql_body(request: &Incoming<'_>) -> Result<GraphqlBody, ClassifyError> {
 }
 
 /// Checks one request at `now` (unix seconds).
+///
+/// `admit(key, limit_per_minute, now)` is the rate limiter, called last and synchronously: a worker
+/// serves concurrent requests in one isolate, so its state may not be borrowed across an `await`.
 pub async fn check<R: RecordSource>(
     request: &Incoming<'_>,
     records: &R,
-    limiter: &mut RateLimiter,
+    admit: impl FnOnce(KeyId, u32, i64) -> Decision,
     tiers: &Tiers,
     now: i64,
 ) -> Result<Admitted, Refused> {
@@ -109,7 +112,7 @@ pub async fn check<R: RecordSource>(
     let operations = body.operations().map_err(Refused::BadRequest)?;
     record.permissions.check_request(&operations, body.is_batch()).map_err(Refused::Forbidden)?;
 
-    match limiter.admit(record.key_id, tiers.limit(&record.tier), now) {
+    match admit(record.key_id, tiers.limit(&record.tier), now) {
         Decision::Allowed { limit, remaining } => {
             Ok(Admitted { key_id: record.key_id, tier: record.tier, limit, remaining })
         }

@@ -6,5 +6,7 @@ pub mod check;
 pub mod graphql;
 pub mod ratelimit;
 pub mod replica;
+#[cfg(target_arch = "wasm32")]
+mod worker;
 
 pub use keygate_shared as shared;

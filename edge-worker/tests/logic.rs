@@ -101,7 +101,13 @@ impl Edge {
         now: i64,
     ) -> Result<Admitted, Refused> {
         let incoming = Incoming { method, api_key, query, body: body.as_bytes() };
-        run(check(&incoming, &self.records, &mut self.limiter.borrow_mut(), &self.tiers, now))
+        run(check(
+            &incoming,
+            &self.records,
+            |key, limit, at| self.limiter.borrow_mut().admit(key, limit, at),
+            &self.tiers,
+            now,
+        ))
     }
 }
 

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use super::Config;
 use crate::api::admin::{CreatedResponse, KeyResponse};
+use crate::replicator::Replicator;
 use crate::service::{Actor, NewKey, Service, ServiceError};
+use keygate_shared::SyncSecret;
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("keygate: {message}");
@@ -38,12 +40,15 @@ fn report(error: ServiceError) -> ExitCode {
     fail(format!("{error} ({})", error.code()))
 }
 
-/// `keygate serve`.
+/// The replicator to `--edge-url`, if one is configured.
+fn replicator(config: &Config, service: &Service) -> Option<Replicator> {
+    let edge_url = config.edge_url.as_deref()?;
+    let secret = SyncSecret::new(config.sync_secret.clone()?.into_bytes());
+    Some(Replicator::new(service.store().clone(), service.clock().clone(), edge_url, secret))
+}
+
+/// `keygate serve`: the admin API, and replication to the edge when `--edge-url` is set.
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
-    if config.edge_url.is_some() {
-        // Replication to the edge is the edge issue's; refusing beats silently not replicating.
-        return fail("--edge-url is not supported yet: replication to the edge is not built");
-    }
     let service = match open(config).await {
         Ok(service) => service,
         Err(code) => return code,
@@ -52,13 +57,29 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 
         Ok(listener) => listener,
         Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
     };
+    // One shutdown signal, heard by the server and the replicator alike.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let replication =
+        replicator(config, &service).map(|replicator| tokio::spawn(replicator.run(until_stopped(stopped.clone()))));
     tracing::info!(
         listen = %config.listen,
         database = service.store().dialect(),
         kms = service.kms().provider(),
+        edge = config.edge_url.as_deref().unwrap_or("none"),
         "keygate control plane serving"
     );
-    match crate::api::run(listener, service, shutdown).await {
+    let served = crate::api::run(listener, service, until_stopped(stopped)).await;
+    if let Some(replication) = replication {
+        let _ = replication.await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("server error: {e}")),
     }
@@ -258,6 +279,31 @@ impl KmsCommand {
                 print_json(out, &serde_json::json!({"rewrapped": count, "kms_key_id": kms_key_id}))
             }
             Err(e) => report(e),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EdgeCommand {
+    /// Send every key's current record to the edge (after its storage was lost or replaced).
+    Resync,
+}
+
+impl EdgeCommand {
+    pub(crate) async fn run(self, config: &Config, out: &mut dyn Write) -> ExitCode {
+        if config.edge_url.is_none() {
+            return fail("edge resync needs --edge-url (KEYGATE_EDGE_URL)");
+        }
+        let service = match open(config).await {
+            Ok(service) => service,
+            Err(code) => return code,
+        };
+        let Some(replicator) = replicator(config, &service) else {
+            return fail("edge resync needs --sync-secret (KEYGATE_SYNC_SECRET)");
+        };
+        match replicator.resync().await {
+            Ok(sent) => print_json(out, &serde_json::json!({"sent": sent})),
+            Err(e) => fail(format!("resync failed: {e}")),
         }
     }
 }

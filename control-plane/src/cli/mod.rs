@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: manage::KmsCommand,
     },
+    /// Replication to the edge.
+    Edge {
+        #[command(subcommand)]
+        command: manage::EdgeCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -74,6 +79,7 @@ impl Cli {
             Command::Admin { command } => command.run(&config, out).await,
             Command::Keys { command } => command.run(&config, out).await,
             Command::Kms { command } => command.run(&config, out).await,
+            Command::Edge { command } => command.run(&config, out).await,
             Command::Audit { command } => command.run(&config, out).await,
         }
     }

@@ -259,6 +259,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn audit_chain(&self) -> Result<(Vec<AuditEntry>, i64, String), StoreError>;
     /// Outbox rows after `seq`, in order.
     async fn outbox_after(&self, seq: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Outbox rows not yet delivered to the edge, in order.
+    async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Marks every row up to `seq` delivered at `now`.
+    async fn outbox_delivered(&self, seq: i64, now: i64) -> Result<(), StoreError>;
+    /// Each key's latest outbox row (its current record), in key order after `after`.
+    async fn outbox_latest(&self, after: Option<KeyId>, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Woken each time outbox rows are committed (the replicator waits on it).
+    fn outbox_signal(&self) -> Arc<tokio::sync::Notify>;
     /// Row counts.
     async fn counts(&self) -> Result<RowCounts, StoreError>;
     /// Continues the unfinished rewrap run, or starts one to `max(data_key_version) + 1` under `kms_key_id`.

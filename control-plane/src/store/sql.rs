@@ -11,7 +11,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Postgres, Row, Sqlite, Transaction, Type,
 };
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{Change, KeyRow, Op, OutboxRow, RewrapRun, RowCounts, SecretRow, Store, StoreError};
 use crate::audit::AuditEntry;
@@ -34,6 +36,7 @@ const MAX_BATCH: usize = 256;
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: mpsc::Sender<Queued>,
+    committed: Arc<Notify>,
 }
 
 impl SqlStore<Sqlite> {
@@ -104,6 +107,7 @@ const KEY_COLUMNS: &str = "id, name, owner, tier, permissions, metadata, prefix,
      rotated_at, revoked_at, revoked_reason, generation";
 const SECRET_COLUMNS: &str = "key_id, generation, secret_hash, ciphertext, wrapped_data_key, kms_key_id, \
      data_key_version, created_at, not_after, data_key_id";
+const OUTBOX_COLUMNS: &str = "seq, key_id, record, created_at, delivered_at";
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, key_id, outcome, detail, prev_hash, hash";
 
 fn corrupt(what: &str) -> StoreError {
@@ -129,8 +133,9 @@ where
 {
     fn with_writer(pool: Pool<DB>) -> Self {
         let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(Self::write_loop(pool.clone(), queue));
-        Self { pool, writer }
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(Self::write_loop(pool.clone(), queue, committed.clone()));
+        Self { pool, writer, committed }
     }
 
     fn key_row(row: &DB::Row) -> Result<KeyRow, StoreError> {
@@ -183,14 +188,25 @@ where
         })
     }
 
+    fn outbox_row(row: &DB::Row) -> Result<OutboxRow, StoreError> {
+        Ok(OutboxRow {
+            seq: row.try_get(0)?,
+            key_id: parse_key_id(&row.try_get::<String, _>(1)?)?,
+            record: row.try_get(2)?,
+            created_at: row.try_get(3)?,
+            delivered_at: row.try_get(4)?,
+        })
+    }
+
     /// The writer: takes the first queued change and everything queued behind it, commits them together.
-    async fn write_loop(pool: Pool<DB>, mut queue: mpsc::Receiver<Queued>) {
+    async fn write_loop(pool: Pool<DB>, mut queue: mpsc::Receiver<Queued>, committed: Arc<Notify>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             metrics::histogram!("keygate_store_commit_batch_size").record(batch.len() as f64);
             if batch.len() > 1 {
                 match Self::commit_batch(&pool, &batch).await {
                     Ok(outcomes) => {
+                        committed.notify_waiters();
                         for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
                             let _ = reply.send(outcome);
                         }
@@ -204,7 +220,11 @@ where
                 }
             }
             for (change, reply) in batch.drain(..) {
-                let _ = reply.send(Self::commit_one(&pool, &change).await);
+                let outcome = Self::commit_one(&pool, &change).await;
+                if outcome.is_ok() {
+                    committed.notify_waiters();
+                }
+                let _ = reply.send(outcome);
             }
         }
     }
@@ -481,24 +501,49 @@ where
     }
 
     async fn outbox_after(&self, seq: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, key_id, record, created_at, delivered_at FROM replication_outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM replication_outbox WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
         .bind(seq)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxRow {
-                    seq: row.try_get(0)?,
-                    key_id: parse_key_id(&row.try_get::<String, _>(1)?)?,
-                    record: row.try_get(2)?,
-                    created_at: row.try_get(3)?,
-                    delivered_at: row.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(Self::outbox_row).collect()
+    }
+
+    async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM replication_outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::outbox_row).collect()
+    }
+
+    async fn outbox_delivered(&self, seq: i64, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE replication_outbox SET delivered_at = $1 WHERE seq <= $2 AND delivered_at IS NULL")
+            .bind(now)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_latest(&self, after: Option<KeyId>, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM replication_outbox WHERE seq IN \
+             (SELECT MAX(seq) FROM replication_outbox WHERE key_id > $1 GROUP BY key_id) ORDER BY key_id LIMIT $2"
+        ))
+        .bind(after.map_or_else(String::new, |id| id.to_string()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::outbox_row).collect()
+    }
+
+    fn outbox_signal(&self) -> Arc<Notify> {
+        self.committed.clone()
     }
 
     async fn counts(&self) -> Result<RowCounts, StoreError> {

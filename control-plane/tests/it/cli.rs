@@ -155,4 +155,5 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
 
     let out = env.run(&["serve", "--edge-url", "http://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sync-secret"));
 }

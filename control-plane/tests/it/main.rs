@@ -8,5 +8,6 @@ mod key_commands;
 mod kms;
 mod lifecycle;
 mod ops;
+mod replication;
 mod safety;
 mod support;

@@ -1,0 +1,163 @@
+//! The Cloudflare Worker: `POST /_keygate/sync` applies pushes from the control plane; every other
+//! request is checked and, if admitted, forwarded to `ORIGIN_URL`. Records live in Workers KV under
+//! their key id (binding `KEYGATE_RECORDS`).
+//!
+//! Configuration: vars `ORIGIN_URL` (required) and `TIERS` (JSON, requests per minute per tier);
+//! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
+
+use std::cell::RefCell;
+
+use keygate_shared::{origin, sync, KeyRecord, OriginSecret, SyncSecret};
+use worker::{event, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result};
+
+use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, StoreFault};
+use crate::ratelimit::{RateLimiter, Tiers};
+use crate::replica::{apply_push, push_refusal_response, RecordStore};
+
+/// The KV binding that holds the records.
+const RECORDS: &str = "KEYGATE_RECORDS";
+/// The largest request body checked; larger is refused with 413.
+const MAX_BODY: usize = 1024 * 1024;
+
+thread_local! {
+    // One isolate serves many requests, one at a time between awaits: the counts live here.
+    static LIMITER: RefCell<RateLimiter> = RefCell::new(RateLimiter::default());
+}
+
+struct KvRecords(KvStore);
+
+impl RecordSource for KvRecords {
+    async fn record(&self, key_id: &str) -> std::result::Result<Option<KeyRecord>, StoreFault> {
+        match self.0.get(key_id).text().await {
+            Ok(Some(text)) => serde_json::from_str(&text).map(Some).map_err(|e| StoreFault(e.to_string())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StoreFault(e.to_string())),
+        }
+    }
+}
+
+impl RecordStore for KvRecords {
+    async fn store(&self, record: &KeyRecord) -> std::result::Result<(), StoreFault> {
+        let text = serde_json::to_string(record).map_err(|e| StoreFault(e.to_string()))?;
+        let put = self.0.put(&record.key_id.to_string(), text).map_err(|e| StoreFault(e.to_string()))?;
+        put.execute().await.map_err(|e| StoreFault(e.to_string()))
+    }
+}
+
+fn now() -> i64 {
+    (Date::now().as_millis() / 1000) as i64
+}
+
+fn json_response(status: u16, headers: &[(&str, String)], body: String) -> Result<Response> {
+    let response_headers = Headers::new();
+    response_headers.set("content-type", "application/json")?;
+    for (name, value) in headers {
+        response_headers.set(name, value)?;
+    }
+    Ok(Response::ok(body)?.with_status(status).with_headers(response_headers))
+}
+
+fn graphql_error(status: u16, code: &str, message: &str) -> Result<Response> {
+    let body = serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string();
+    json_response(status, &[], body)
+}
+
+#[event(fetch)]
+async fn fetch(request: Request, env: Env, _ctx: Context) -> Result<Response> {
+    if request.path() == sync::SYNC_PATH {
+        return receive_push(request, env).await;
+    }
+    guard(request, env).await
+}
+
+async fn receive_push(mut request: Request, env: Env) -> Result<Response> {
+    if request.method() != Method::Post {
+        return json_response(405, &[("allow", "POST".into())], r#"{"error":{"code":"method_not_allowed"}}"#.into());
+    }
+    let secret = SyncSecret::new(env.secret("SYNC_SECRET")?.to_string());
+    let timestamp = request.headers().get(sync::TIMESTAMP_HEADER)?;
+    let signature = request.headers().get(sync::SIGNATURE_HEADER)?;
+    let body = request.bytes().await?;
+    let records = KvRecords(env.kv(RECORDS)?);
+    match apply_push(&records, &secret, timestamp.as_deref(), signature.as_deref(), &body, now()).await {
+        Ok(applied) => json_response(200, &[], serde_json::to_string(&applied)?),
+        Err(refused) => {
+            let (status, body) = push_refusal_response(&refused);
+            json_response(status, &[], body)
+        }
+    }
+}
+
+async fn guard(mut request: Request, env: Env) -> Result<Response> {
+    let method = request.method();
+    if !matches!(method, Method::Get | Method::Post) {
+        return graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST");
+    }
+    let url = request.url()?;
+    let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let api_key = request.headers().get("X-API-Key")?;
+    let body = if method == Method::Post { request.bytes().await? } else { Vec::new() };
+    if body.len() > MAX_BODY {
+        return graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB");
+    }
+    let tiers = env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default();
+    let records = KvRecords(env.kv(RECORDS)?);
+    let incoming = Incoming { method: method.as_ref(), api_key: api_key.as_deref(), query: &query, body: &body };
+    let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
+    match check(&incoming, &records, admit, &tiers, now()).await {
+        Ok(admitted) => forward(&request, &env, &url, body, &admitted).await,
+        Err(refused) => {
+            let (status, headers, body) = refusal_response(&refused);
+            json_response(status, &headers, body)
+        }
+    }
+}
+
+/// Sends the admitted request on: same method, path, query and body; `X-API-Key` and any identity
+/// headers the client sent removed; the verified identity added and signed.
+async fn forward(
+    request: &Request,
+    env: &Env,
+    url: &worker::Url,
+    body: Vec<u8>,
+    admitted: &Admitted,
+) -> Result<Response> {
+    let origin_url = env.var("ORIGIN_URL")?.to_string();
+    let mut target = format!("{}{}", origin_url.trim_end_matches('/'), url.path());
+    if let Some(query) = url.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let headers = Headers::new();
+    for (name, value) in request.headers().entries() {
+        if name == "x-api-key" || name == "host" || name.starts_with("x-keygate-") {
+            continue;
+        }
+        headers.append(&name, &value)?;
+    }
+    let key_id = admitted.key_id.to_string();
+    let signed_at = now();
+    headers.set(origin::KEY_ID_HEADER, &key_id)?;
+    headers.set(origin::TIER_HEADER, &admitted.tier)?;
+    headers.set(origin::TIMESTAMP_HEADER, &signed_at.to_string())?;
+    if let Ok(secret) = env.secret("ORIGIN_SECRET") {
+        let signature = OriginSecret::new(secret.to_string()).sign(signed_at, &key_id, &admitted.tier);
+        headers.set(origin::SIGNATURE_HEADER, &signature)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(request.method()).with_headers(headers);
+    if !body.is_empty() {
+        init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
+    }
+    let answer = match Fetch::Request(Request::new_with_init(&target, &init)?).send().await {
+        Ok(answer) => answer,
+        Err(_) => return graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not answer"),
+    };
+    let answer_headers = Headers::new();
+    for (name, value) in answer.headers().entries() {
+        answer_headers.append(&name, &value)?;
+    }
+    answer_headers.set("x-ratelimit-limit", &admitted.limit.to_string())?;
+    answer_headers.set("x-ratelimit-remaining", &admitted.remaining.to_string())?;
+    Ok(answer.with_headers(answer_headers))
+}
