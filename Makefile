@@ -27,16 +27,23 @@ dev:
 	scripts/dev.sh
 
 test: setup
-	# The KMS API server (moto) for the aws provider's tests: installed once into the per-user cache.
+	# The worker's toolchain (wasm-bindgen, worker-build, wrangler, binaryen, esbuild) and the KMS API
+	# server (moto): installed once into the per-user cache, here rather than inside a test.
+	scripts/tools.sh > /dev/null
 	KEYGATE_KMS_SERVER="$$(scripts/kms-server.sh)" $(CARGO) test --workspace
 	# shared must stay no_std: build it (and the worker crate on top of it) for the wasm target.
 	$(CARGO) build -p keygate-shared --target $(WASM_TARGET) --no-default-features
 	$(CARGO) build -p keygate-edge --target $(WASM_TARGET)
+	# The deploy bundle wrangler would upload (offline): a broken bundle fails here, not at deploy time.
+	eval "$$(scripts/tools.sh)" && "$$WRANGLER" deploy --dry-run --outdir target/deploy-check > target/deploy-check.log 2>&1 \
+	  || { cat target/deploy-check.log; exit 1; }
+	@ls -l edge-worker/build/index_bg.wasm | awk '{print "worker wasm: " $$5 " bytes"}'
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p keygate-shared --target $(WASM_TARGET) --no-default-features -- -D warnings
+	$(CARGO) clippy -p keygate-edge --target $(WASM_TARGET) -- -D warnings
 
 bench:
 	$(CARGO) bench -p keygate-shared

@@ -1,2 +1,2 @@
-//! keygate's end-to-end tests, which start the control plane, the KMS API server, the databases, the
-//! worker in workerd and a GraphQL origin together, arrive with the control-plane and edge issues.
+//! keygate's end-to-end tests live in `tests/edge.rs`: they start the built worker in workerd, the
+//! control plane with its replicator, a KMS API server, PostgreSQL or SQLite, and a GraphQL origin.
