@@ -9,6 +9,8 @@ use alloc::string::String;
 use core::fmt;
 
 use hmac::{Hmac, Mac};
+
+use crate::sync::{keyed_hmac, parse_timestamp};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -57,11 +59,7 @@ impl OriginSecret {
     }
 
     fn mac(&self, timestamp: &str, key_id: &str, tier: &str) -> Hmac<Sha256> {
-        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            // HMAC pads or hashes a key of any length; `new_from_slice` only fails for fixed-size MACs.
-            Err(_) => unreachable!("HMAC-SHA256 accepts keys of every length"),
-        };
+        let mut mac = keyed_hmac(&self.0);
         for part in [b"keygate-origin-v1".as_slice(), timestamp.as_bytes(), key_id.as_bytes(), tier.as_bytes()] {
             mac.update(part);
             mac.update(b"\n");
@@ -84,10 +82,7 @@ impl OriginSecret {
         signature: &str,
         now: i64,
     ) -> Result<(), OriginError> {
-        if timestamp.is_empty() || timestamp.len() > 12 || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(OriginError::BadTimestamp);
-        }
-        let signed_at: i64 = timestamp.parse().map_err(|_| OriginError::BadTimestamp)?;
+        let signed_at = parse_timestamp(timestamp).ok_or(OriginError::BadTimestamp)?;
         if signed_at.abs_diff(now) > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
             return Err(OriginError::StaleTimestamp);
         }

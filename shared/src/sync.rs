@@ -41,11 +41,7 @@ impl SyncSecret {
     }
 
     fn mac(&self, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
-        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            // HMAC pads or hashes a key of any length; `new_from_slice` only fails for fixed-size MACs.
-            Err(_) => unreachable!("HMAC-SHA256 accepts keys of every length"),
-        };
+        let mut mac = keyed_hmac(&self.0);
         mac.update(timestamp.as_bytes());
         mac.update(b".");
         mac.update(body);
@@ -73,8 +69,17 @@ impl SyncSecret {
     }
 }
 
+/// HMAC-SHA256 under `key`.
+pub(crate) fn keyed_hmac(key: &[u8]) -> Hmac<Sha256> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        // HMAC pads or hashes a key of any length; `new_from_slice` only fails for fixed-size MACs.
+        Err(_) => unreachable!("HMAC-SHA256 accepts keys of every length"),
+    }
+}
+
 /// Unix seconds as plain decimal digits: no sign, no spaces, at most 12 digits.
-fn parse_timestamp(text: &str) -> Option<i64> {
+pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
     if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
