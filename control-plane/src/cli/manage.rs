@@ -32,6 +32,16 @@ async fn open(config: &Config) -> Result<Arc<Service>, ExitCode> {
     config.service().await.map_err(fail)
 }
 
+/// The configured service, or return the failure's exit code from the calling command.
+macro_rules! open_or_return {
+    ($config:expr) => {
+        match open($config).await {
+            Ok(service) => service,
+            Err(code) => return code,
+        }
+    };
+}
+
 fn key_id(text: &str) -> Result<KeyId, ExitCode> {
     text.parse().map_err(|_| fail(format!("{text:?} is not an api_key_id (22 base62 characters)")))
 }
@@ -49,10 +59,7 @@ fn replicator(config: &Config, service: &Service) -> Option<Replicator> {
 
 /// `keygate serve`: the admin API, and replication to the edge when `--edge-url` is set.
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
-    let service = match open(config).await {
-        Ok(service) => service,
-        Err(code) => return code,
-    };
+    let service = open_or_return!(config);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
@@ -104,10 +111,7 @@ pub enum AdminCommand {
 
 impl AdminCommand {
     pub(crate) async fn run(self, config: &Config, out: &mut dyn Write) -> ExitCode {
-        let service = match open(config).await {
-            Ok(service) => service,
-            Err(code) => return code,
-        };
+        let service = open_or_return!(config);
         match service.bootstrap_admin().await {
             Ok(created) => match writeln!(out, "{}", created.key.expose()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -195,10 +199,7 @@ struct Rotated {
 
 impl KeysCommand {
     pub(crate) async fn run(self, config: &Config, out: &mut dyn Write) -> ExitCode {
-        let service = match open(config).await {
-            Ok(service) => service,
-            Err(code) => return code,
-        };
+        let service = open_or_return!(config);
         let actor = Actor::Cli;
         let result = match self {
             Self::Create { name, tier, permissions, expires_in_days, owner, metadata } => {
@@ -259,10 +260,7 @@ pub enum KmsCommand {
 
 impl KmsCommand {
     pub(crate) async fn run(self, config: &Config, out: &mut dyn Write) -> ExitCode {
-        let service = match open(config).await {
-            Ok(service) => service,
-            Err(code) => return code,
-        };
+        let service = open_or_return!(config);
         let bar = indicatif::ProgressBar::new(0).with_style(
             indicatif::ProgressStyle::with_template("rewrap {bar:40} {pos}/{len} data keys ({per_sec}, eta {eta})")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -294,10 +292,7 @@ impl EdgeCommand {
         if config.edge_url.is_none() {
             return fail("edge resync needs --edge-url (KEYGATE_EDGE_URL)");
         }
-        let service = match open(config).await {
-            Ok(service) => service,
-            Err(code) => return code,
-        };
+        let service = open_or_return!(config);
         let Some(replicator) = replicator(config, &service) else {
             return fail("edge resync needs --sync-secret (KEYGATE_SYNC_SECRET)");
         };
@@ -316,10 +311,7 @@ pub enum AuditCommand {
 
 impl AuditCommand {
     pub(crate) async fn run(self, config: &Config, out: &mut dyn Write) -> ExitCode {
-        let service = match open(config).await {
-            Ok(service) => service,
-            Err(code) => return code,
-        };
+        let service = open_or_return!(config);
         match service.audit_verify().await {
             Ok(Ok(count)) => match writeln!(out, "audit log intact: {count} entries") {
                 Ok(()) => ExitCode::SUCCESS,

@@ -247,10 +247,7 @@ async fn racing_rotations_on_sqlite() {
 
 #[tokio::test]
 async fn racing_rotations_on_postgres() {
-    let (store, schema) = TestApp::postgres_store("race").await;
-    let kms =
-        std::sync::Arc::new(keygate_control_plane::kms::local::LocalKms::from_master_key(&[7; 32], rand_core::OsRng));
-    let app = TestApp::over(store, kms, Some(schema)).await;
+    let app = TestApp::postgres_local("race", [7; 32]).await;
     racing_rotations(&app).await;
     app.cleanup().await;
 }
@@ -293,10 +290,7 @@ async fn concurrent_creates_on_sqlite() {
 
 #[tokio::test]
 async fn concurrent_creates_on_postgres() {
-    let (store, schema) = TestApp::postgres_store("burst").await;
-    let kms =
-        std::sync::Arc::new(keygate_control_plane::kms::local::LocalKms::from_master_key(&[9; 32], rand_core::OsRng));
-    let app = TestApp::over(store, kms, Some(schema)).await;
+    let app = TestApp::postgres_local("burst", [9; 32]).await;
     concurrent_creates(&app).await;
     app.cleanup().await;
 }

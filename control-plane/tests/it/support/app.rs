@@ -90,6 +90,12 @@ impl TestApp {
         (store, schema)
     }
 
+    /// PostgreSQL in a fresh schema, the local KMS (for tests about the database, not KMS).
+    pub async fn postgres_local(name: &str, master_key: [u8; 32]) -> Self {
+        let (store, schema) = Self::postgres_store(name).await;
+        Self::over(store, Arc::new(LocalKms::from_master_key(&master_key, OsRng)), Some(schema)).await
+    }
+
     /// PostgreSQL in a fresh schema, the aws provider on a fresh KMS API server.
     pub async fn postgres_aws(name: &str) -> Self {
         let (store, schema) = Self::postgres_store(name).await;
