@@ -6,14 +6,13 @@ SHELL := bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: help dev test setup lint bench bench-control-plane vectors fuzz
+.PHONY: help dev test setup lint bench vectors fuzz
 
 help:
 	@echo "make dev      run keygate on embedded defaults"
 	@echo "make test     install what is missing, then run every test"
 	@echo "make lint     rustfmt and clippy, native and wasm"
-	@echo "make bench    criterion micro-benchmarks of the key check"
-	@echo "make bench-control-plane  issuance rate and rewrap time (SQLite/PostgreSQL, local/aws KMS)"
+	@echo "make bench    every BENCHMARKS.md figure, with its baselines (BENCH_MODE=smoke: a quick check)"
 	@echo "make vectors  rewrite shared/testdata after a deliberate key-format change"
 	@echo "make fuzz     a short run of every fuzz target (installs cargo-fuzz if missing)"
 
@@ -45,25 +44,12 @@ lint: setup
 	$(CARGO) clippy -p keygate-shared --target $(WASM_TARGET) --no-default-features -- -D warnings
 	$(CARGO) clippy -p keygate-edge --target $(WASM_TARGET) -- -D warnings
 
-bench:
-	$(CARGO) bench -p keygate-shared
-
-# Issuance rate (2,000 keys, 32 in flight) per database and KMS, then a rewrap of 10,000 keys on
-# PostgreSQL with the aws provider. Needs PostgreSQL on 127.0.0.1:5432; starts its own KMS API server.
-BENCH_PG ?= postgres://postgres@127.0.0.1:5432/test
-bench-control-plane:
-	$(CARGO) build --release -p keygate-control-plane --example issuance
-	@mkdir -p target/bench
-	@moto="$$(scripts/kms-server.sh)"; port=$$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'); \
-	  "$$moto" -H 127.0.0.1 -p $$port > target/bench/moto.log 2>&1 & moto_pid=$$!; trap "kill $$moto_pid" EXIT; sleep 2; \
-	  run() { target/release/examples/issuance "$$@"; }; \
-	  run --kms local --keys 2000; \
-	  run --kms local --database-url $(BENCH_PG) --keys 2000; \
-	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --keys 2000; \
-	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 2000; \
-	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 2000 --cache-uses 100; \
-	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 10000 --rewrap; \
-	  run --kms aws --kms-endpoint http://127.0.0.1:$$port --database-url $(BENCH_PG) --keys 10000 --rewrap --cache-uses 100
+# P1–P8 (BENCHMARKS.md): criterion, issuance and rewrap on SQLite/PostgreSQL with both KMS providers,
+# the worker bundle, the keygate worker against a pass-through worker in workerd, revocation propagation
+# and the verify API, then the table of medians in target/bench/report.md. Needs PostgreSQL on
+# 127.0.0.1:5432 (BENCH_PG); starts everything else itself. BENCH_MODE=smoke runs each step briefly.
+bench: setup
+	scripts/bench.sh
 
 vectors:
 	KEYGATE_BLESS=1 $(CARGO) test -p keygate-shared --test it vectors

@@ -17,7 +17,7 @@ use keygate_control_plane::clock::SystemClock;
 use keygate_control_plane::kms::aws::AwsKms;
 use keygate_control_plane::kms::cache::{CacheLimits, CachingKms};
 use keygate_control_plane::kms::local::LocalKms;
-use keygate_control_plane::kms::Kms;
+use keygate_control_plane::kms::{Kms, KmsContext, Purpose};
 use keygate_control_plane::service::{Actor, NewKey, Service, Settings};
 use keygate_control_plane::store::{SqlStore, Store};
 use rand_core::OsRng;
@@ -51,6 +51,10 @@ struct Args {
     /// Data-key cache: secrets per KMS data key (0: no cache, one data key per secret).
     #[arg(long, default_value_t = 0)]
     cache_uses: u64,
+    /// Instead of issuing keys, time `--keys` bare GenerateDataKey calls (`--concurrency` in flight):
+    /// the KMS provider's own ceiling, the baseline for issuance without a data-key cache.
+    #[arg(long)]
+    kms_only: bool,
 }
 
 async fn aws(endpoint: &str) -> (aws_sdk_kms::Client, String) {
@@ -107,6 +111,24 @@ async fn main() {
     } else {
         kms
     };
+    if args.kms_only {
+        let started = Instant::now();
+        futures_util::stream::iter(0..args.keys)
+            .map(|_| {
+                let kms = kms.clone();
+                async move {
+                    let id = keygate_shared::KeyId::new_v7(0, &mut OsRng);
+                    let context = KmsContext { key_id: id, purpose: Purpose::ApiKeySecret, shared_id: None };
+                    kms.generate_data_key(&context).await.unwrap();
+                }
+            })
+            .buffer_unordered(args.concurrency)
+            .collect::<Vec<()>>()
+            .await;
+        let calls_per_sec = (args.keys as f64 / started.elapsed().as_secs_f64()).round();
+        println!("{}", serde_json::json!({"kms": kms.provider(), "calls": args.keys, "calls_per_sec": calls_per_sec}));
+        return;
+    }
     let service =
         Arc::new(Service::new(store.clone(), kms.clone(), Arc::new(SystemClock), Box::new(OsRng), Settings::default()));
 

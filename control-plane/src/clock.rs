@@ -37,7 +37,12 @@ impl ManualClock {
 
     /// Moves the clock forward by `seconds`.
     pub fn advance(&self, seconds: i64) {
-        self.0.fetch_add(seconds * 1000, Ordering::SeqCst);
+        self.advance_millis(seconds * 1000);
+    }
+
+    /// Moves the clock forward by `millis`.
+    pub fn advance_millis(&self, millis: i64) {
+        self.0.fetch_add(millis, Ordering::SeqCst);
     }
 }
 

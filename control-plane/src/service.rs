@@ -5,6 +5,7 @@
 //! authentication never call KMS.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -42,6 +43,10 @@ pub struct Settings {
     pub default_grace_secs: i64,
     /// Secrets a rewrap stores per transaction (work lost to an interruption is at most one batch).
     pub rewrap_batch: i64,
+    /// How long key checks (verify, admin authentication) reuse a key's row, in milliseconds; 0 reads
+    /// the database every time. This process's own changes take effect at once; another control-plane
+    /// process's, within this time.
+    pub verify_cache_ms: i64,
 }
 
 impl Default for Settings {
@@ -52,6 +57,7 @@ impl Default for Settings {
             default_expiry_days: 90,
             default_grace_secs: DAY,
             rewrap_batch: 256,
+            verify_cache_ms: 1_000,
         }
     }
 }
@@ -239,6 +245,53 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     rng: Mutex<Box<dyn CryptoRngCore + Send>>,
     settings: Settings,
+    recent: RecentKeys,
+}
+
+/// What a key check read of one key: its row (if any) and its secrets' hashes.
+#[derive(Debug)]
+struct KnownKey {
+    row: Option<KeyRow>,
+    secrets: Vec<SecretEntry>,
+}
+
+/// Key checks' recent reads, each used until `until_ms`. `epoch` moves on every change this process
+/// makes, so a read that raced a change is not kept.
+#[derive(Debug, Default)]
+struct RecentKeys {
+    entries: Mutex<HashMap<KeyId, (Arc<KnownKey>, i64)>>,
+    epoch: AtomicU64,
+}
+
+/// Keys whose reads are kept at most; a full map first drops what has expired, then everything.
+const RECENT_KEYS: usize = 100_000;
+
+impl RecentKeys {
+    fn get(&self, id: KeyId, now_ms: i64) -> Option<Arc<KnownKey>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(&id).filter(|(_, until)| now_ms < *until).map(|(known, _)| known.clone())
+    }
+
+    fn keep(&self, id: KeyId, known: Arc<KnownKey>, read_in_epoch: u64, until_ms: i64, now_ms: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.epoch.load(Ordering::Acquire) != read_in_epoch {
+            return;
+        }
+        if entries.len() >= RECENT_KEYS {
+            entries.retain(|_, (_, until)| now_ms < *until);
+            if entries.len() >= RECENT_KEYS {
+                entries.clear();
+            }
+        }
+        entries.insert(id, (known, until_ms));
+    }
+
+    /// A change to `id` was committed: later checks read it afresh.
+    fn forget(&self, id: KeyId) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.remove(&id);
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -260,7 +313,7 @@ impl Service {
         rng: Box<dyn CryptoRngCore + Send>,
         settings: Settings,
     ) -> Self {
-        Self { store, kms, clock, rng: Mutex::new(rng), settings }
+        Self { store, kms, clock, rng: Mutex::new(rng), settings, recent: RecentKeys::default() }
     }
 
     /// The store.
@@ -443,6 +496,7 @@ impl Service {
             Op::InsertSecret(secret),
         ];
         self.store.apply(Change { audit, ops, outbox: Some((id, record)) }).await?;
+        self.recent.forget(id);
         metrics::counter!("keygate_keys_rotated_total").increment(1);
         Ok(Rotated { key, generation, previous_valid_until: previous_not_after })
     }
@@ -480,6 +534,7 @@ impl Service {
         let record = Self::record(&revoked, &live, now)?;
         let ops = vec![Op::Revoke { key_id: id, expected_generation: row.generation, revoked_at: now, reason }];
         self.store.apply(Change { audit, ops, outbox: Some((id, record)) }).await?;
+        self.recent.forget(id);
         metrics::counter!("keygate_keys_revoked_total").increment(1);
         Ok(self.view(revoked))
     }
@@ -523,11 +578,10 @@ impl Service {
         let Ok(parsed) = ParsedKey::parse(presented) else {
             return Ok(None);
         };
-        let Some(row) = self.store.key(parsed.key_id()).await? else {
+        let known = self.known_key(parsed.key_id()).await?;
+        let Some(row) = &known.row else {
             return Ok(None);
         };
-        let secrets = self.store.secrets(row.id).await?;
-        let now = self.clock.now();
         let record = KeyRecord {
             key_id: row.id,
             seq: 0,
@@ -535,9 +589,33 @@ impl Service {
             permissions: PermissionSet::default(),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
-            secrets: secrets.into_iter().map(|s| SecretEntry { hash: s.secret_hash, not_after: s.not_after }).collect(),
+            secrets: known.secrets.clone(),
         };
-        Ok(record.check(&parsed, now).is_ok().then_some(row))
+        Ok(record.check(&parsed, self.clock.now()).is_ok().then(|| row.clone()))
+    }
+
+    /// A key's row and secret hashes: a recent read (see [`Settings::verify_cache_ms`]) or the store's.
+    async fn known_key(&self, id: KeyId) -> Result<Arc<KnownKey>, ServiceError> {
+        let ttl = self.settings.verify_cache_ms;
+        let now_ms = self.clock.now_millis();
+        if ttl > 0 {
+            if let Some(known) = self.recent.get(id, now_ms) {
+                return Ok(known);
+            }
+        }
+        let epoch = self.recent.epoch.load(Ordering::Acquire);
+        let row = self.store.key(id).await?;
+        let secrets = match &row {
+            Some(_) => self.store.secrets(id).await?,
+            None => Vec::new(),
+        };
+        let secrets =
+            secrets.into_iter().map(|s| SecretEntry { hash: s.secret_hash, not_after: s.not_after }).collect();
+        let known = Arc::new(KnownKey { row, secrets });
+        if ttl > 0 {
+            self.recent.keep(id, known.clone(), epoch, now_ms.saturating_add(ttl), now_ms);
+        }
+        Ok(known)
     }
 
     /// Authenticates an admin request: a good key holding `scope`. Refusals are audited.

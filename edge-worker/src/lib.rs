@@ -5,6 +5,7 @@
 pub mod check;
 pub mod graphql;
 pub mod ratelimit;
+pub mod recent;
 pub mod replica;
 #[cfg(target_arch = "wasm32")]
 mod worker;

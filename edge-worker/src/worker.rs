@@ -2,16 +2,19 @@
 //! request is checked and, if admitted, forwarded to `ORIGIN_URL`. Records live in Workers KV under
 //! their key id (binding `KEYGATE_RECORDS`).
 //!
-//! Configuration: vars `ORIGIN_URL` (required) and `TIERS` (JSON, requests per minute per tier);
+//! Configuration: vars `ORIGIN_URL` (required), `TIERS` (JSON, requests per minute per tier) and
+//! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never);
 //! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 
 use keygate_shared::{origin, sync, KeyRecord, OriginSecret, SyncSecret};
 use worker::{event, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result};
 
 use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, StoreFault};
 use crate::ratelimit::{RateLimiter, Tiers};
+use crate::recent::RecentRecords;
 use crate::replica::{apply_push, push_refusal_response, RecordStore};
 
 /// The KV binding that holds the records.
@@ -22,9 +25,27 @@ const MAX_BODY: usize = 1024 * 1024;
 thread_local! {
     // One isolate serves many requests, one at a time between awaits: the counts live here.
     static LIMITER: RefCell<RateLimiter> = RefCell::new(RateLimiter::default());
+    static RECENT: RefCell<RecentRecords> = RefCell::new(RecentRecords::default());
+    // The vars do not change within an isolate: read once.
+    static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
 }
 
+/// Records in KV, read and written as they are: what a push compares and stores.
 struct KvRecords(KvStore);
+
+/// The request path's records: the isolate's recent ones, else KV (kept for next time).
+struct RecentKv(KvStore);
+
+impl RecordSource for RecentKv {
+    async fn record(&self, key_id: &str) -> std::result::Result<Option<KeyRecord>, StoreFault> {
+        if let Some(known) = RECENT.with(|recent| recent.borrow().get(key_id, now_ms())) {
+            return Ok(known);
+        }
+        let record = KvRecords(self.0.clone()).record(key_id).await?;
+        RECENT.with(|recent| recent.borrow_mut().keep(key_id, record.clone(), now_ms()));
+        Ok(record)
+    }
+}
 
 impl RecordSource for KvRecords {
     async fn record(&self, key_id: &str) -> std::result::Result<Option<KeyRecord>, StoreFault> {
@@ -40,12 +61,31 @@ impl RecordStore for KvRecords {
     async fn store(&self, record: &KeyRecord) -> std::result::Result<(), StoreFault> {
         let text = serde_json::to_string(record).map_err(|e| StoreFault(e.to_string()))?;
         let put = self.0.put(&record.key_id.to_string(), text).map_err(|e| StoreFault(e.to_string()))?;
-        put.execute().await.map_err(|e| StoreFault(e.to_string()))
+        put.execute().await.map_err(|e| StoreFault(e.to_string()))?;
+        RECENT.with(|recent| recent.borrow_mut().stored(record, now_ms()));
+        Ok(())
     }
 }
 
+fn now_ms() -> i64 {
+    Date::now().as_millis() as i64
+}
+
 fn now() -> i64 {
-    (Date::now().as_millis() / 1000) as i64
+    now_ms() / 1000
+}
+
+/// The tiers and the record cache time from the vars, on the isolate's first request.
+fn tiers(env: &Env) -> Rc<Tiers> {
+    TIERS.with(|held| {
+        held.get_or_init(|| {
+            if let Some(ms) = env.var("RECORD_CACHE_MS").ok().and_then(|v| v.to_string().trim().parse().ok()) {
+                RECENT.with(|recent| recent.borrow_mut().set_ttl_ms(ms));
+            }
+            Rc::new(env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default())
+        })
+        .clone()
+    })
 }
 
 fn json_response(status: u16, headers: &[(&str, String)], body: String) -> Result<Response> {
@@ -100,8 +140,8 @@ async fn guard(mut request: Request, env: Env) -> Result<Response> {
     if body.len() > MAX_BODY {
         return graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB");
     }
-    let tiers = env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default();
-    let records = KvRecords(env.kv(RECORDS)?);
+    let tiers = tiers(&env);
+    let records = RecentKv(env.kv(RECORDS)?);
     let incoming = Incoming { method: method.as_ref(), api_key: api_key.as_deref(), query: &query, body: &body };
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
     match check(&incoming, &records, admit, &tiers, now()).await {

@@ -442,7 +442,7 @@ impl ApiKey {
 
     /// The key as parsed parts (it was checked when it was made, so this cannot fail).
     pub fn parts(&self) -> ParsedKey<'_> {
-        ParsedKey::split_checked(&self.text, self.key_id)
+        ParsedKey::split_checked(&self.text)
     }
 }
 
@@ -460,7 +460,6 @@ pub struct ParsedKey<'a> {
     text: &'a str,
     prefix: &'a str,
     region: &'a str,
-    key_id: KeyId,
 }
 
 impl<'a> ParsedKey<'a> {
@@ -492,8 +491,7 @@ impl<'a> ParsedKey<'a> {
         if !is_valid_region(&head[prefix_end + 1..]) {
             return Err(KeyError::InvalidRegion);
         }
-        let key_id = &bytes[key_id_at + 1..tail_at];
-        if key_id > MAX_KEY_ID_DIGITS.as_slice() {
+        if &bytes[key_id_at + 1..tail_at] > MAX_KEY_ID_DIGITS.as_slice() {
             return Err(KeyError::KeyIdOutOfRange);
         }
         let secret = &bytes[tail_at + 1..tail_at + 1 + SECRET_LEN];
@@ -504,19 +502,16 @@ impl<'a> ParsedKey<'a> {
         if checksum_digits(&text[..checksum_at]) != bytes[checksum_at..] {
             return Err(KeyError::ChecksumMismatch);
         }
-        Ok(Self {
-            text,
-            prefix: &text[..prefix_end],
-            region: &text[prefix_end + 1..key_id_at],
-            key_id: KeyId::from_checked_digits(key_id),
-        })
+        // The key id is decoded only when asked for: the edge looks records up by its digits, and a
+        // record check needs no number.
+        Ok(Self { text, prefix: &text[..prefix_end], region: &text[prefix_end + 1..key_id_at] })
     }
 
     /// Splits a key already known to be well formed.
-    fn split_checked(text: &'a str, key_id: KeyId) -> Self {
+    fn split_checked(text: &'a str) -> Self {
         let head = text.get(..text.len().saturating_sub(SECRET_LEN + CHECKSUM_LEN + KEY_ID_LEN + 2)).unwrap_or("");
         let (prefix, region) = head.split_once('_').unwrap_or((head, ""));
-        Self { text, prefix, region, key_id }
+        Self { text, prefix, region }
     }
 
     /// The prefix, e.g. `fraiseql`.
@@ -529,9 +524,9 @@ impl<'a> ParsedKey<'a> {
         self.region
     }
 
-    /// The key id.
+    /// The key id (decoded from its digits on each call).
     pub fn key_id(&self) -> KeyId {
-        self.key_id
+        KeyId::from_checked_digits(self.key_id_str().as_bytes())
     }
 
     /// The key id as it appears in the key (22 base62 digits): the lookup key for stored records.
@@ -551,7 +546,7 @@ impl fmt::Debug for ParsedKey<'_> {
         f.debug_struct("ParsedKey")
             .field("prefix", &self.prefix)
             .field("region", &self.region)
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.key_id())
             .finish_non_exhaustive()
     }
 }

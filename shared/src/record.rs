@@ -91,16 +91,15 @@ impl KeyRecord {
     /// Checks a presented key at `now`: secret against every live generation (constant time, no early
     /// exit), then revocation, then expiry. Permissions and rate limits come after, elsewhere.
     pub fn check(&self, key: &ParsedKey<'_>, now: i64) -> Result<(), Refusal> {
-        if self.key_id != key.key_id() {
-            return Err(Refusal::UnknownKey);
-        }
         let presented = key.hash();
         let mut matched = Choice::from(0);
         for secret in &self.secrets {
             matched |= secret.hash.ct_eq(&presented) & Choice::from(u8::from(secret.is_live(now)));
         }
         if !bool::from(matched) {
-            return Err(Refusal::WrongSecret);
+            // The hash covers the whole key, key id included, so a match proves the id: only a miss
+            // decodes it, to say which refusal this is.
+            return Err(if self.key_id == key.key_id() { Refusal::WrongSecret } else { Refusal::UnknownKey });
         }
         if self.revoked {
             return Err(Refusal::Revoked);
@@ -169,10 +168,12 @@ mod tests {
 
     #[test]
     fn a_record_for_another_id_does_not_match() {
+        // Same secret, other id: the hash covers the id, so it cannot match, and the miss says why.
         let other =
             ApiKey::assemble(&Prefix::default(), &Region::default(), KeyId::from(8), &KeySecret::from_bytes([1; 32]));
-        let record = record(vec![SecretEntry { hash: other.hash(), not_after: None }]);
+        let record = record(vec![SecretEntry { hash: key(1).hash(), not_after: None }]);
         assert_eq!(record.check(&other.parts(), 0), Err(Refusal::UnknownKey));
+        assert_eq!(record.check(&key(2).parts(), 0), Err(Refusal::WrongSecret));
     }
 
     #[test]

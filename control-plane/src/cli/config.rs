@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_KMS_CACHE_MAX_AGE_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(i64).range(1..=86_400), global = true)]
     pub kms_cache_max_age_secs: i64,
+    /// Milliseconds key checks (verify, admin authentication) reuse a key's row; 0 reads it every time.
+    /// This process's own changes apply at once; another process's (sharing the database) within this.
+    #[arg(long, env = "KEYGATE_VERIFY_CACHE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(i64).range(0..=60_000), global = true)]
+    pub verify_cache_ms: i64,
     /// Prefix of new keys, `[a-z][a-z0-9]{1,15}`.
     #[arg(long, visible_alias = "prefix", env = "KEYGATE_KEY_PREFIX", default_value_t = Prefix::default(), global = true)]
     pub key_prefix: Prefix,
@@ -111,7 +116,12 @@ impl Config {
         }
         let kms = self.kms().await?;
         let store = store::connect(&self.database_url).await?;
-        let settings = Settings { prefix: self.key_prefix.clone(), region: self.region.clone(), ..Settings::default() };
+        let settings = Settings {
+            prefix: self.key_prefix.clone(),
+            region: self.region.clone(),
+            verify_cache_ms: self.verify_cache_ms,
+            ..Settings::default()
+        };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))
     }
 }

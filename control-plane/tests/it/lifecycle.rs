@@ -294,3 +294,39 @@ async fn concurrent_creates_on_postgres() {
     concurrent_creates(&app).await;
     app.cleanup().await;
 }
+
+/// Key checks reuse a key's row for `verify_cache_ms`: this process's own revocation applies at once,
+/// another process's (same database) once that time has passed, never later.
+#[tokio::test]
+async fn a_revocation_by_another_process_reaches_verify_within_the_cache_time() {
+    use std::sync::Arc;
+
+    use keygate_control_plane::kms::local::LocalKms;
+    use keygate_control_plane::service::{Actor, Service, Settings};
+
+    let app = TestApp::sqlite_local("verify_cache").await;
+    let (key, id) = app.create_key(&["query:read"]).await;
+    let id: keygate_shared::KeyId = id.parse().unwrap();
+    let other = Service::new(
+        app.store.clone(),
+        Arc::new(LocalKms::open_or_create(&app.dir.join("master.key")).unwrap()),
+        app.clock.clone(),
+        Box::new(rand_core::OsRng),
+        Settings::default(),
+    );
+    assert_eq!(app.verify(&key).await["valid"], true, "read and kept");
+
+    other.revoke(&Actor::Cli, id, None).await.unwrap();
+    assert_eq!(other.verify(&key).await.unwrap(), keygate_control_plane::service::Verdict::Invalid, "at once here");
+    assert_eq!(app.verify(&key).await["valid"], true, "the other process still holds its recent read");
+    app.clock.advance_millis(Settings::default().verify_cache_ms);
+    assert_eq!(app.verify(&key).await["valid"], false, "and reads again once its time is up");
+
+    // Its own changes apply at once.
+    let (second, second_id) = app.create_key(&["query:read"]).await;
+    assert_eq!(app.verify(&second).await["valid"], true);
+    let (status, _) = app.admin(Method::POST, &format!("/admin/api-keys/{second_id}/revoke"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.verify(&second).await["valid"], false);
+    app.cleanup().await;
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# `make bench`: every BENCHMARKS.md figure (P1–P8) from one run, with its baseline measured in the
+# same run, then the table of medians (target/bench/report.md).
+#
+# BENCH_MODE=smoke (what .ci/run uses) runs every step for a moment, on debug builds, so the harness
+# cannot rot; its figures mean nothing. Needs PostgreSQL on 127.0.0.1:5432 (BENCH_PG); starts its own
+# KMS API server, origin, workers and control plane, and stops them at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${BENCH_MODE:-full}"
+pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432/test}"
+out="${CARGO_TARGET_DIR:-target}/bench"
+if [ "$mode" = smoke ]; then
+  runs=1 seconds=1 warmup=0.5 keys=40 rewrap_keys=200 revocations=3 profile=debug build=()
+else
+  runs="${BENCH_RUNS:-3}" seconds="${BENCH_SECONDS:-10}" warmup=2 keys=2000 rewrap_keys=10000 revocations=100
+  profile=release build=(--release)
+fi
+bin="${CARGO_TARGET_DIR:-target}/$profile"
+rm -rf "$out" && mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+# record ID VARIANT RUN JSON: one measurement, tagged for the report.
+record() { printf '{"id":"%s","variant":"%s","run":%s,"result":%s}\n' "$1" "$2" "$3" "$4" | tee -a "$results"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_for() { for _ in $(seq 1 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "$1 did not come up" >&2; exit 1; }
+
+pids=()
+stop_all() { for pid in "${pids[@]}"; do kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "$pid" 2>/dev/null || true; done; }
+trap stop_all EXIT
+# start NAME CMD...: a background service in its own process group (job control on), so stopping it
+# stops its children too (wrangler runs workerd as a child).
+set -m
+start() { local name=$1; shift; "$@" > "$out/$name.log" 2>&1 & pids+=($!); }
+
+echo "== building ($profile)" >&2
+cargo build --quiet "${build[@]}" -p keygate-control-plane -p keygate-bench
+cargo build --quiet "${build[@]}" -p keygate-control-plane --example issuance
+eval "$(scripts/tools.sh)"
+scripts/build-worker.sh > /dev/null
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m)" >&2
+record machine host 1 "{\"cores\":$(nproc),\"mode\":\"$mode\"}" > /dev/null
+
+echo "== P2, P3: criterion (native key check, SHA-256 baseline, garbage key)" >&2
+if [ "$mode" = smoke ]; then
+  cargo test --quiet -p keygate-shared --bench key_check > /dev/null
+else
+  cargo bench --quiet -p keygate-shared --bench key_check -- --noplot 2>&1 | grep -E '^[a-z_]+ +time:' >&2 || true
+fi
+record P3 reads 1 "$("$bin/keygate-bench" garbage --keys $((keys * 50)))"
+
+echo "== P4, P6: issuance and rewrap" >&2
+kms_port=$(free_port)
+start moto "$(scripts/kms-server.sh)" -H 127.0.0.1 -p "$kms_port"
+wait_for "http://127.0.0.1:$kms_port/"
+kms=(--kms aws --kms-endpoint "http://127.0.0.1:$kms_port")
+for run in $(seq 1 "$runs"); do
+  issue() { "$bin/examples/issuance" --keys "$keys" "$@"; }
+  record P4 sqlite-local "$run" "$(issue --kms local --database-url "sqlite://$out/issuance.db")"
+  record P4 sqlite-aws "$run" "$(issue "${kms[@]}" --database-url "sqlite://$out/issuance.db")"
+  record P4 sqlite-aws-cached "$run" "$(issue "${kms[@]}" --database-url "sqlite://$out/issuance.db" --cache-uses 100)"
+  record P4 postgres-local "$run" "$(issue --kms local --database-url "$pg")"
+  record P4 postgres-aws "$run" "$(issue "${kms[@]}" --database-url "$pg")"
+  record P4 postgres-aws-cached "$run" "$(issue "${kms[@]}" --database-url "$pg" --cache-uses 100)"
+  # The KMS API server alone: bare GenerateDataKey calls, 32 in flight.
+  record P4 kms-server "$run" "$(issue "${kms[@]}" --kms-only)"
+done
+record P6 postgres-aws 1 "$("$bin/examples/issuance" "${kms[@]}" --database-url "$pg" --keys "$rewrap_keys" --rewrap)"
+record P6 postgres-aws-cached 1 \
+  "$("$bin/examples/issuance" "${kms[@]}" --database-url "$pg" --keys "$rewrap_keys" --rewrap --cache-uses 100)"
+
+echo "== P7: worker bundle" >&2
+raw=0 gz=0
+for file in edge-worker/build/index.js edge-worker/build/index_bg.wasm; do
+  raw=$((raw + $(stat -c %s "$file"))) gz=$((gz + $(gzip -9 -c "$file" | wc -c)))
+done
+record P7 bundle 1 "{\"raw_bytes\":$raw,\"gzip_bytes\":$gz,\"wasm_bytes\":$(stat -c %s edge-worker/build/index_bg.wasm)}"
+
+echo "== P1, P5, P8: origin, workers, control plane" >&2
+origin_port=$(free_port) edge_port=$(free_port) pass_port=$(free_port) control_port=$(free_port)
+sync_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+origin_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+start origin "$bin/keygate-bench" origin --listen "127.0.0.1:$origin_port"
+# Both workers in wrangler dev (local workerd): keygate as built above, without wrangler's build step, with
+# a tier limit the load cannot reach; the pass-through worker with the same origin.
+mkdir -p "$out/edge" "$out/pass"
+sed -e 's|^command = .*||' -e 's|^\[build\]||' -e "s|^main = .*|main = \"$PWD/edge-worker/build/index.js\"|" \
+  -e "s|^TIERS = .*|TIERS = '{\"default\": 1000000000}'|" wrangler.toml > "$out/edge/wrangler.toml"
+printf 'name = "passthrough"\nmain = "%s"\ncompatibility_date = "2026-04-20"\n' "$PWD/bench/passthrough.js" \
+  > "$out/pass/wrangler.toml"
+edge_dev() {
+  local dir=$1 port=$2; shift 2
+  (cd "$dir" && exec "$WRANGLER" dev --config wrangler.toml --ip 127.0.0.1 --port "$port" \
+    --inspector-port "$(free_port)" --persist-to state --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@")
+}
+start edge edge_dev "$out/edge" "$edge_port" --var "SYNC_SECRET:$sync_secret" --var "ORIGIN_SECRET:$origin_secret"
+start pass edge_dev "$out/pass" "$pass_port"
+wait_for "http://127.0.0.1:$edge_port/"
+wait_for "http://127.0.0.1:$pass_port/"
+export KEYGATE_DATABASE_URL="sqlite://$out/control/keygate.db" KEYGATE_KMS_MASTER_KEY_FILE="$out/control/master.key"
+mkdir -p "$out/control"
+(umask 077 && "$bin/keygate" admin bootstrap > "$out/control/admin.key")
+start control "$bin/keygate" serve --listen "127.0.0.1:$control_port" \
+  --edge-url "http://127.0.0.1:$edge_port" --sync-secret "$sync_secret"
+control="http://127.0.0.1:$control_port"
+wait_for "$control/readyz"
+api_key=$(curl -sf -X POST "$control/admin/api-keys" -H "Authorization: Bearer $(cat "$out/control/admin.key")" \
+  -H 'content-type: application/json' -d '{"name":"bench","permissions":["query:read"]}' \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')
+query='{"query":"{ hello }"}'
+for _ in $(seq 1 200); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$edge_port/graphql" -H "x-api-key: $api_key" \
+       -H 'content-type: application/json' -d "$query")" = 200 ] && break
+  sleep 0.05
+done
+
+load() { "$bin/keygate-bench" load --seconds "$seconds" --warmup "$warmup" "$@"; }
+# Alternate the two workers, so drift in the machine's speed falls on both.
+for run in $(seq 1 "$runs"); do
+  record P1 passthrough "$run" "$(load --url "http://127.0.0.1:$pass_port/graphql" --method POST \
+    --header 'content-type: application/json' --body "$query" --connections 8 --label passthrough)"
+  record P1 keygate "$run" "$(load --url "http://127.0.0.1:$edge_port/graphql" --method POST \
+    --header 'content-type: application/json' --header "x-api-key: $api_key" --body "$query" --connections 8 --label keygate)"
+done
+record P5 edge 1 "$("$bin/keygate-bench" propagation --admin-url "$control" --admin-key-file "$out/control/admin.key" \
+  --edge-url "http://127.0.0.1:$edge_port/graphql" --count "$revocations")"
+for run in $(seq 1 "$runs"); do
+  record P8 verify "$run" "$(load --url "$control/v1/keys/verify" --method POST --header 'content-type: application/json' \
+    --body "{\"api_key\":\"$api_key\"}" --connections 16 --label verify)"
+done
+
+"$bin/keygate-bench" report --results "$results" --criterion "${CARGO_TARGET_DIR:-target}/criterion" > "$out/report.md"
+cat "$out/report.md"
