@@ -95,7 +95,9 @@ edge_dev() {
   (cd "$dir" && exec "$WRANGLER" dev --config wrangler.toml --ip 127.0.0.1 --port "$port" \
     --inspector-port "$(free_port)" --persist-to state --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@")
 }
-start edge edge_dev "$out/edge" "$edge_port" --var "SYNC_SECRET:$sync_secret" --var "ORIGIN_SECRET:$origin_secret"
+# The propagation probe sees a 401 per revocation, all from one address: no failed-attempt limit here.
+start edge edge_dev "$out/edge" "$edge_port" --var "SYNC_SECRET:$sync_secret" --var "ORIGIN_SECRET:$origin_secret" \
+  --var FAILED_ATTEMPTS_PER_MINUTE:0
 start pass edge_dev "$out/pass" "$pass_port"
 wait_for "http://127.0.0.1:$edge_port/"
 wait_for "http://127.0.0.1:$pass_port/"

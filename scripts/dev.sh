@@ -52,11 +52,12 @@ created=$(curl -sf -X POST "http://$control/admin/api-keys" -H "Authorization: B
   -H 'Content-Type: application/json' -d '{"name":"demo","permissions":["query:read","batch:10"]}')
 demo=$(printf '%s' "$created" | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
 request="curl -s -X POST $edge/graphql -H 'Content-Type: application/json' -H 'X-API-Key: $demo' -d '{\"query\":\"{ hello }\"}'"
-# Replication takes milliseconds; wait until the edge knows the key.
-for _ in $(seq 1 100); do
+# Replication takes milliseconds; wait until the edge knows the key (fewer tries than the edge's
+# failed-attempt limit of 20 a minute).
+for _ in $(seq 1 15); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$edge/graphql" -H 'Content-Type: application/json' \
        -H "X-API-Key: $demo" -d '{"query":"{ hello }"}')" != 401 ] && break
-  sleep 0.05
+  sleep 0.2
 done
 
 cat <<TXT

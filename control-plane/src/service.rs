@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 use keygate_shared::{
-    AdminScope, ApiKey, KeyId, KeyRecord, KeySecret, ParsedKey, PermissionSet, Prefix, Region, SecretEntry,
+    AdminScope, ApiKey, FailedAttempts, KeyId, KeyRecord, KeySecret, ParsedKey, PermissionSet, Prefix, Region,
+    SecretEntry,
 };
 use rand_core::CryptoRngCore;
 use serde_json::json;
@@ -47,6 +48,8 @@ pub struct Settings {
     /// the database every time. This process's own changes take effect at once; another control-plane
     /// process's, within this time.
     pub verify_cache_ms: i64,
+    /// Bad keys one client address may send a minute before it is refused outright (0: no limit).
+    pub failed_attempts_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             default_grace_secs: DAY,
             rewrap_batch: 256,
             verify_cache_ms: 1_000,
+            failed_attempts_per_minute: keygate_shared::attempts::DEFAULT_LIMIT,
         }
     }
 }
@@ -246,6 +250,7 @@ pub struct Service {
     rng: Mutex<Box<dyn CryptoRngCore + Send>>,
     settings: Settings,
     recent: RecentKeys,
+    failed: Mutex<FailedAttempts>,
 }
 
 /// What a key check read of one key: its row (if any) and its secrets' hashes.
@@ -313,7 +318,17 @@ impl Service {
         rng: Box<dyn CryptoRngCore + Send>,
         settings: Settings,
     ) -> Self {
-        Self { store, kms, clock, rng: Mutex::new(rng), settings, recent: RecentKeys::default() }
+        let failed =
+            FailedAttempts::new(settings.failed_attempts_per_minute, keygate_shared::attempts::DEFAULT_CAPACITY);
+        Self {
+            store,
+            kms,
+            clock,
+            rng: Mutex::new(rng),
+            settings,
+            recent: RecentKeys::default(),
+            failed: Mutex::new(failed),
+        }
     }
 
     /// The store.
@@ -616,6 +631,16 @@ impl Service {
             self.recent.keep(id, known.clone(), epoch, now_ms.saturating_add(ttl), now_ms);
         }
         Ok(known)
+    }
+
+    /// Seconds until `client` may present keys again, if it has sent too many bad ones.
+    pub fn client_blocked(&self, client: &str) -> Option<i64> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).blocked(client, self.clock.now())
+    }
+
+    /// Counts a bad key from `client`.
+    pub fn client_failed(&self, client: &str) {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).failed(client, self.clock.now());
     }
 
     /// Authenticates an admin request: a good key holding `scope`. Refusals are audited.

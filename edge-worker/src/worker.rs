@@ -3,16 +3,18 @@
 //! their key id (binding `KEYGATE_RECORDS`).
 //!
 //! Configuration: vars `ORIGIN_URL` (required), `TIERS` (JSON, requests per minute per tier) and
-//! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never);
+//! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never)
+//! and `FAILED_ATTEMPTS_PER_MINUTE` (bad keys one client address may send a minute before it is
+//! refused outright; 20 by default, 0 for no limit);
 //! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
 
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
-use keygate_shared::{origin, sync, KeyRecord, OriginSecret, SyncSecret};
+use keygate_shared::{attempts, origin, sync, FailedAttempts, KeyRecord, OriginSecret, SyncSecret};
 use worker::{event, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result};
 
-use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, StoreFault};
+use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, Refused, StoreFault};
 use crate::ratelimit::{RateLimiter, Tiers};
 use crate::recent::RecentRecords;
 use crate::replica::{apply_push, push_refusal_response, RecordStore};
@@ -26,6 +28,7 @@ thread_local! {
     // One isolate serves many requests, one at a time between awaits: the counts live here.
     static LIMITER: RefCell<RateLimiter> = RefCell::new(RateLimiter::default());
     static RECENT: RefCell<RecentRecords> = RefCell::new(RecentRecords::default());
+    static FAILED: RefCell<FailedAttempts> = RefCell::new(FailedAttempts::default());
     // The vars do not change within an isolate: read once.
     static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
 }
@@ -75,12 +78,21 @@ fn now() -> i64 {
     now_ms() / 1000
 }
 
-/// The tiers and the record cache time from the vars, on the isolate's first request.
+/// A number var, if set and a number.
+fn number_var<T: std::str::FromStr>(env: &Env, name: &str) -> Option<T> {
+    env.var(name).ok().and_then(|v| v.to_string().trim().parse().ok())
+}
+
+/// The tiers, and the record cache time and failed-attempt limit, from the vars on the isolate's first
+/// request.
 fn tiers(env: &Env) -> Rc<Tiers> {
     TIERS.with(|held| {
         held.get_or_init(|| {
-            if let Some(ms) = env.var("RECORD_CACHE_MS").ok().and_then(|v| v.to_string().trim().parse().ok()) {
+            if let Some(ms) = number_var(env, "RECORD_CACHE_MS") {
                 RECENT.with(|recent| recent.borrow_mut().set_ttl_ms(ms));
+            }
+            if let Some(limit) = number_var(env, "FAILED_ATTEMPTS_PER_MINUTE") {
+                FAILED.with(|failed| *failed.borrow_mut() = FailedAttempts::new(limit, attempts::DEFAULT_CAPACITY));
             }
             Rc::new(env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default())
         })
@@ -133,6 +145,14 @@ async fn guard(mut request: Request, env: Env) -> Result<Response> {
     if !matches!(method, Method::Get | Method::Post) {
         return graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST");
     }
+    // The client's address as Cloudflare saw it; locally (wrangler dev) there is none and all share one.
+    let client = request.headers().get("CF-Connecting-IP")?.unwrap_or_default();
+    let tiers = tiers(&env);
+    if let Some(retry_after) = FAILED.with(|failed| failed.borrow().blocked(&client, now())) {
+        let body = serde_json::json!({"errors": [{"message": "too many failed attempts from this client",
+            "extensions": {"code": "RATE_LIMITED"}}]});
+        return json_response(429, &[("retry-after", retry_after.to_string())], body.to_string());
+    }
     let url = request.url()?;
     let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let api_key = request.headers().get("X-API-Key")?;
@@ -140,13 +160,15 @@ async fn guard(mut request: Request, env: Env) -> Result<Response> {
     if body.len() > MAX_BODY {
         return graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB");
     }
-    let tiers = tiers(&env);
     let records = RecentKv(env.kv(RECORDS)?);
     let incoming = Incoming { method: method.as_ref(), api_key: api_key.as_deref(), query: &query, body: &body };
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
     match check(&incoming, &records, admit, &tiers, now()).await {
         Ok(admitted) => forward(&request, &env, &url, body, &admitted).await,
         Err(refused) => {
+            if refused == Refused::BadKey {
+                FAILED.with(|failed| failed.borrow_mut().failed(&client, now()));
+            }
             let (status, headers, body) = refusal_response(&refused);
             json_response(status, &headers, body)
         }

@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+pub mod attempts;
 mod base62;
 pub mod hash;
 pub mod key;
@@ -18,6 +19,7 @@ pub mod permissions;
 pub mod record;
 pub mod sync;
 
+pub use attempts::FailedAttempts;
 pub use hash::{sha256_hex, SecretHash};
 pub use key::{ApiKey, KeyError, KeyId, KeySecret, ParsedKey, Prefix, Region};
 pub use origin::OriginSecret;

@@ -2,7 +2,8 @@
 //! scope it needs; the request body is read only after that.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use keygate_shared::{AdminScope, KeyId};
@@ -59,6 +60,19 @@ fn query_key_id(text: Option<&str>, field: &str) -> Result<Option<KeyId>, ApiErr
 }
 
 /// A path id that is not a key id names no key.
+/// The `{id}` of a key route, as text. It never rejects: an id that does not even decode to UTF-8
+/// becomes `""`, so the handler authorizes first and then answers `key_not_found`, as for any other
+/// text that is not a key id (axum's own rejection would be a plain-text 400 before authorization).
+pub(crate) struct IdParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdParam {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(Path::<String>::from_request_parts(parts, state).await.map(|Path(id)| id).unwrap_or_default()))
+    }
+}
+
 fn key_id(text: &str) -> Result<KeyId, ApiError> {
     text.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "key_not_found", "no API key with this id"))
 }
@@ -240,7 +254,7 @@ pub struct KeyDetail {
 pub(crate) async fn show_key(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
 ) -> Result<Json<KeyDetail>, ApiError> {
     authorize(&state, &headers, AdminScope::KeysRead, "key.show").await?;
     let (view, secrets) = state.service.show(key_id(&id)?).await?;
@@ -307,7 +321,7 @@ async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     security(("admin_key" = ["admin:keys:write"])))]
 pub(crate) async fn rotate_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
     request: axum::extract::Request,
 ) -> Result<Json<RotatedResponse>, ApiError> {
     let actor = authorize(&state, request.headers(), AdminScope::KeysWrite, "key.rotate").await?;
@@ -335,7 +349,7 @@ pub struct RevokeRequest {
     security(("admin_key" = ["admin:keys:write"])))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
     request: axum::extract::Request,
 ) -> Result<Json<KeyResponse>, ApiError> {
     let actor = authorize(&state, request.headers(), AdminScope::KeysWrite, "key.revoke").await?;
@@ -357,7 +371,7 @@ pub struct RevealedResponse {
 pub(crate) async fn reveal_key(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
 ) -> Result<Json<RevealedResponse>, ApiError> {
     let actor = authorize(&state, &headers, AdminScope::Reveal, "key.reveal").await?;
     let id = key_id(&id)?;

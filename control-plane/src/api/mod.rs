@@ -1,7 +1,8 @@
-//! The control plane's HTTP API (axum): routes, shared state, limits, and the server loop.
+//! The control plane's HTTP API (axum): the route table, shared state, limits, and the server loop.
 
 pub mod admin;
 pub mod error;
+mod limits;
 pub mod ops;
 
 use std::future::Future;
@@ -9,11 +10,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{self, MethodRouter};
 use axum::Router;
+use keygate_shared::AdminScope;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
@@ -77,27 +80,83 @@ async fn method_not_allowed(request: Request, next: Next) -> Response {
     response
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key.
+    Public,
+    /// An admin key holding this scope or `admin:*`. The handler enforces it (`authorize`, before the
+    /// body is read); the table declares it so that tests can send every credential to every route.
+    Admin(AdminScope),
+}
+
+/// One route: a method on a path, who may call it, and its handler.
+#[derive(Debug)]
+pub struct RouteSpec {
+    /// The method.
+    pub method: Method,
+    /// The path, `{name}` standing for a path parameter.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Exempt from [`REQUEST_TIMEOUT`].
+    pub untimed: bool,
+    handler: MethodRouter<AppState>,
+}
+
+impl RouteSpec {
+    fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, access: Access, handler: H) -> Self {
+        Self { method: Method::GET, path, access, untimed: false, handler: routing::get(handler) }
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, access: Access, handler: H) -> Self {
+        Self { method: Method::POST, path, access, untimed: false, handler: routing::post(handler) }
+    }
+
+    fn untimed(self) -> Self {
+        Self { untimed: true, ..self }
+    }
+}
+
+/// Every route, declared once: [`router`] is built from this table, and the auth-matrix test sends
+/// every kind of credential to every `Admin` route in it, so a new route cannot go unchecked.
+pub fn routes() -> Vec<RouteSpec> {
+    use Access::{Admin, Public};
+    vec![
+        RouteSpec::post("/admin/api-keys", Admin(AdminScope::KeysWrite), admin::create_key),
+        RouteSpec::get("/admin/api-keys", Admin(AdminScope::KeysRead), admin::list_keys),
+        RouteSpec::get("/admin/api-keys/{id}", Admin(AdminScope::KeysRead), admin::show_key),
+        RouteSpec::post("/admin/api-keys/{id}/rotate", Admin(AdminScope::KeysWrite), admin::rotate_key),
+        RouteSpec::post("/admin/api-keys/{id}/revoke", Admin(AdminScope::KeysWrite), admin::revoke_key),
+        RouteSpec::post("/admin/api-keys/{id}/reveal", Admin(AdminScope::Reveal), admin::reveal_key),
+        RouteSpec::get("/admin/audit-log", Admin(AdminScope::AuditRead), admin::audit_log),
+        // A rewrap may run for minutes.
+        RouteSpec::post("/admin/kms/rewrap", Admin(AdminScope::Kms), admin::rewrap).untimed(),
+        RouteSpec::post("/v1/keys/verify", Public, ops::verify),
+        RouteSpec::get("/healthz", Public, ops::healthz),
+        RouteSpec::get("/readyz", Public, ops::readyz),
+        RouteSpec::get("/metrics", Public, ops::metrics),
+        RouteSpec::get("/openapi.json", Public, ops::openapi),
+    ]
+}
+
+/// Adds each route. Entries sharing a path need no grouping: axum merges them into one method router
+/// (and panics if a path lists a method twice).
+fn with_routes(router: Router<AppState>, routes: Vec<RouteSpec>) -> Router<AppState> {
+    routes.into_iter().fold(router, |router, route| router.route(route.path, route.handler))
+}
+
 /// The whole API.
 pub fn router(service: Arc<Service>) -> Router {
     let state = AppState { service, metrics: metrics_handle() };
-    let bounded = Router::new()
-        .route("/admin/api-keys", post(admin::create_key).get(admin::list_keys))
-        .route("/admin/api-keys/{id}", get(admin::show_key))
-        .route("/admin/api-keys/{id}/rotate", post(admin::rotate_key))
-        .route("/admin/api-keys/{id}/revoke", post(admin::revoke_key))
-        .route("/admin/api-keys/{id}/reveal", post(admin::reveal_key))
-        .route("/admin/audit-log", get(admin::audit_log))
-        .route("/v1/keys/verify", post(ops::verify))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+    let (untimed, timed): (Vec<_>, Vec<_>) = routes().into_iter().partition(|route| route.untimed);
+    let timed = with_routes(Router::new(), timed)
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
-    Router::new()
-        .route("/admin/kms/rewrap", post(admin::rewrap))
-        .merge(bounded)
+    with_routes(Router::new(), untimed)
+        .merge(timed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(method_not_allowed))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_failed_checks))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
@@ -110,5 +169,7 @@ pub async fn run(
     service: Arc<Service>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service)).with_graceful_shutdown(shutdown).await
+    // The peer address feeds the failed-attempt limit.
+    let app = router(service).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

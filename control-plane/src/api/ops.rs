@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -39,11 +39,11 @@ pub struct VerifyResponse {
 pub(crate) async fn verify(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<VerifyRequest>,
-) -> Result<Json<VerifyResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let verdict = state.service.verify(&request.api_key).await?;
-    metrics::counter!("keygate_verify_total", "valid" => matches!(verdict, Verdict::Valid { .. }).to_string())
-        .increment(1);
-    Ok(Json(match verdict {
+    let valid = matches!(verdict, Verdict::Valid { .. });
+    metrics::counter!("keygate_verify_total", "valid" => valid.to_string()).increment(1);
+    let mut response = Json(match verdict {
         Verdict::Valid { key_id, tier, permissions } => VerifyResponse {
             valid: true,
             code: "ok",
@@ -54,7 +54,12 @@ pub(crate) async fn verify(
         Verdict::Invalid => {
             VerifyResponse { valid: false, code: "invalid_key", api_key_id: None, tier: None, permissions: None }
         }
-    }))
+    })
+    .into_response();
+    if !valid {
+        response.extensions_mut().insert(super::limits::FailedCheck);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "the process is up")))]

@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_VERIFY_CACHE_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(i64).range(0..=60_000), global = true)]
     pub verify_cache_ms: i64,
+    /// Bad keys (admin 401s, verify `invalid_key`) one client address may send a minute before it gets
+    /// 429 for the rest of the minute; 0 for no limit.
+    #[arg(long, env = "KEYGATE_FAILED_ATTEMPTS_PER_MINUTE", default_value_t = keygate_shared::attempts::DEFAULT_LIMIT,
+          global = true)]
+    pub failed_attempts_per_minute: u32,
     /// Prefix of new keys, `[a-z][a-z0-9]{1,15}`.
     #[arg(long, visible_alias = "prefix", env = "KEYGATE_KEY_PREFIX", default_value_t = Prefix::default(), global = true)]
     pub key_prefix: Prefix,
@@ -120,6 +125,7 @@ impl Config {
             prefix: self.key_prefix.clone(),
             region: self.region.clone(),
             verify_cache_ms: self.verify_cache_ms,
+            failed_attempts_per_minute: self.failed_attempts_per_minute,
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))

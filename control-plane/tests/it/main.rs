@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod attempts;
+mod auth_matrix;
 mod cli;
+mod faults;
 mod key_commands;
 mod kms;
 mod lifecycle;

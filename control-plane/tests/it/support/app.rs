@@ -130,6 +130,25 @@ impl TestApp {
         }
     }
 
+    /// Another control plane over this one's store, clock and admin key, with `kms` in place of its KMS
+    /// (a failing one, say). It owns nothing: cleanup stays with `self`.
+    pub fn with_kms(&self, kms: Arc<dyn Kms>) -> Self {
+        let service =
+            Arc::new(Service::new(self.store.clone(), kms, self.clock.clone(), Box::new(OsRng), Settings::default()));
+        let router = keygate_control_plane::api::router(service.clone());
+        Self {
+            service,
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            router,
+            admin_key: self.admin_key.clone(),
+            kms_server: None,
+            sqlite_path: None,
+            pg_schema: None,
+            dir: self.dir.clone(),
+        }
+    }
+
     /// Drops the PostgreSQL schema or the SQLite folder.
     pub async fn cleanup(self) {
         if let Some(schema) = &self.pg_schema {

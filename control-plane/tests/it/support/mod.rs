@@ -1,4 +1,6 @@
 //! Real parts the tests start themselves.
 
 pub mod app;
+pub mod fault_net;
 pub mod kms_server;
+pub mod slow_edge;

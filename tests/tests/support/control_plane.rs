@@ -1,0 +1,61 @@
+//! The control plane, in-process: the admin API served on a real loopback socket, and the replicator
+//! pushing to an edge. Both stop when it is dropped.
+
+use std::sync::Arc;
+
+use keygate_control_plane::clock::SystemClock;
+use keygate_control_plane::kms::Kms;
+use keygate_control_plane::replicator::Replicator;
+use keygate_control_plane::service::{Service, Settings};
+use keygate_control_plane::store::Store;
+use keygate_shared::SyncSecret;
+use serde_json::Value;
+
+use super::{http, SYNC_SECRET};
+
+pub struct ControlPlane {
+    pub url: String,
+    /// The bootstrap admin key (`admin:*`).
+    pub admin: String,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    // Ends on `true` or when the sender is dropped.
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+impl ControlPlane {
+    pub async fn start(store: Arc<dyn Store>, kms: Arc<dyn Kms>, edge: &str) -> Self {
+        store.migrate().await.unwrap();
+        let service = Arc::new(Service::new(
+            store.clone(),
+            kms,
+            Arc::new(SystemClock),
+            Box::new(rand_core::OsRng),
+            Settings::default(),
+        ));
+        let admin = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(keygate_control_plane::api::run(listener, service, until_stopped(stopped.clone())));
+        let replicator = Replicator::new(store, Arc::new(SystemClock), edge, SyncSecret::new(SYNC_SECRET));
+        tokio::spawn(replicator.run(until_stopped(stopped)));
+        Self { url, admin, _stop: stop }
+    }
+
+    /// An admin POST that must succeed; its JSON answer.
+    pub async fn admin(&self, path: &str, body: Value) -> Value {
+        let response =
+            http().post(format!("{}{path}", self.url)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Creates a key; returns the key and its id.
+    pub async fn create(&self, body: Value) -> (String, String) {
+        let created = self.admin("/admin/api-keys", body).await;
+        (created["api_key"].as_str().unwrap().to_owned(), created["api_key_id"].as_str().unwrap().to_owned())
+    }
+}
