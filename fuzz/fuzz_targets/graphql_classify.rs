@@ -1,0 +1,188 @@
+//! The edge worker's GraphQL classifier on arbitrary input, alone and inside the full request check.
+//!
+//! - As a POST body: `GraphqlBody::decode` never panics; what it accepts holds at least one entry, one
+//!   exactly when it is not a batch, and `operations()` names one kind per entry.
+//! - As GET parameters (lossy UTF-8, split at the first 0 byte into `query` and `operationName`; no
+//!   `operationName` without a 0 byte): `from_query_params(..).operations()` never panics and names
+//!   exactly one kind.
+//! - Through `check::check` with a good key whose record the source returns (permissions picked by the
+//!   input's length): the only refusals are a 400 or a 403, and they agree with the classifier: an
+//!   admitted request runs only operations the key may run, in a batch no larger than it may send.
+
+#![no_main]
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+
+use keygate_edge::check::{check, Admitted, Incoming, RecordSource, Refused, StoreFault};
+use keygate_edge::graphql::{ClassifyError, GraphqlBody};
+use keygate_edge::ratelimit::{RateLimiter, Tiers};
+use keygate_shared::{
+    ApiKey, Denial, KeyId, KeyRecord, KeySecret, ParsedKey, PermissionSet, Prefix, Region, SecretEntry,
+};
+use libfuzzer_sys::fuzz_target;
+
+const NOW: i64 = 1_800_000_000;
+
+/// Permission sets the record may carry, from one kind of operation to `*`: some documents are refused.
+const PERMISSIONS: [&[&str]; 4] =
+    [&["query:read"], &["query:read", "batch:2"], &["mutation:write", "subscription:read", "batch:5"], &["*"]];
+
+/// A record source that knows one key, and answers at once.
+struct OneRecord(KeyRecord);
+
+impl RecordSource for OneRecord {
+    async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault> {
+        Ok((self.0.key_id.to_string() == key_id).then(|| self.0.clone()))
+    }
+}
+
+/// The key the requests present, and one record per permission set.
+struct Fixture {
+    key: ApiKey,
+    records: Vec<OneRecord>,
+    tiers: Tiers,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let key = ApiKey::assemble(
+            &Prefix::default(),
+            &Region::default(),
+            KeyId::from_u128(0x0123_4567_89ab_cdef),
+            &KeySecret::from_bytes([7; 32]),
+        );
+        let records = PERMISSIONS
+            .iter()
+            .map(|permissions| {
+                let Ok(permissions) = PermissionSet::parse(permissions.iter().copied()) else {
+                    unreachable!("the fixture's permission strings are valid");
+                };
+                OneRecord(KeyRecord {
+                    key_id: key.key_id(),
+                    seq: 1,
+                    tier: "default".into(),
+                    permissions,
+                    expires_at: Some(NOW + 1_000),
+                    revoked: false,
+                    secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
+                })
+            })
+            .collect();
+        Fixture { key, records, tiers: Tiers::default() }
+    })
+}
+
+/// Runs a future that never waits (the record source answers at once) with a no-op waker.
+fn run<T>(future: impl Future<Output = T>) -> T {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(value) => value,
+        Poll::Pending => unreachable!("the in-memory record source never waits"),
+    }
+}
+
+/// The full check of one request with the fixture's key against `source`.
+fn check_request(
+    fixture: &Fixture,
+    source: &OneRecord,
+    method: &str,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<Admitted, Refused> {
+    let limiter = RefCell::new(RateLimiter::default());
+    let incoming = Incoming { method, api_key: Some(fixture.key.expose()), query, body };
+    run(check(&incoming, source, |key, limit, at| limiter.borrow_mut().admit(key, limit, at), &fixture.tiers, NOW))
+}
+
+/// The check's answer must agree with what the classifier says of `body` and what `permissions` allow.
+fn assert_consistent(
+    outcome: &Result<Admitted, Refused>,
+    body: Result<GraphqlBody, ClassifyError>,
+    permissions: &PermissionSet,
+) {
+    match outcome {
+        Ok(admitted) => {
+            let Ok(body) = body else {
+                panic!("admitted a request the classifier refuses: {body:?}");
+            };
+            let Ok(operations) = body.operations() else {
+                panic!("admitted a request whose documents do not classify");
+            };
+            assert_eq!(permissions.check_request(&operations, body.is_batch()), Ok(()), "admitted a forbidden request");
+            assert!(operations.iter().all(|kind| permissions.allows(*kind)));
+            if body.is_batch() {
+                assert!(u32::try_from(body.len()).is_ok_and(|size| size <= permissions.max_batch()));
+            }
+            assert_eq!(admitted.tier, "default");
+        }
+        Err(Refused::BadRequest(error)) => {
+            let agrees = match &body {
+                Err(decode_error) => decode_error == error,
+                Ok(body) => body.operations().err().as_ref() == Some(error),
+            };
+            assert!(agrees, "400 {error:?} that the classifier does not give: {body:?}");
+        }
+        Err(Refused::Forbidden(Denial::Operation(kind))) => {
+            assert!(!permissions.allows(*kind), "refused a {kind:?} the key may run");
+            let Ok(Ok(operations)) = body.map(|body| body.operations()) else {
+                panic!("refused an operation of a request that does not classify");
+            };
+            assert!(operations.contains(kind), "refused a {kind:?} the request does not run");
+        }
+        Err(Refused::Forbidden(Denial::BatchTooLarge { size, allowed })) => {
+            assert_eq!(*allowed, permissions.max_batch());
+            assert!(u32::try_from(*size).map_or(true, |size| size > *allowed), "batch of {size} within {allowed}");
+            let Ok(body) = body else {
+                panic!("refused the batch size of a body that does not decode");
+            };
+            assert!(body.is_batch());
+            assert_eq!(body.len(), *size);
+        }
+        Err(other) => panic!("a good key with a live record was refused: {other:?}"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The POST body on its own.
+    if let Ok(body) = GraphqlBody::decode(data) {
+        assert!(!body.is_empty());
+        assert!(body.is_batch() || body.len() == 1);
+        if let Ok(operations) = body.operations() {
+            assert_eq!(operations.len(), body.len());
+        }
+    }
+
+    // The GET parameters on their own.
+    let (query, name) = match data.iter().position(|b| *b == 0) {
+        Some(zero) => (&data[..zero], Some(&data[zero + 1..])),
+        None => (data, None),
+    };
+    let query = String::from_utf8_lossy(query).into_owned();
+    let name = name.map(|name| String::from_utf8_lossy(name).into_owned());
+    let get = GraphqlBody::from_query_params(Some(query.clone()), name.clone());
+    assert!(!get.is_batch() && get.len() == 1);
+    if let Ok(operations) = get.operations() {
+        assert_eq!(operations.len(), 1);
+    }
+
+    // The whole check, with the input as the POST body and as the GET parameters.
+    let fixture = fixture();
+    let source = &fixture.records[data.len() % fixture.records.len()];
+    let permissions = &source.0.permissions;
+    let post = check_request(fixture, source, "POST", &[], data);
+    assert_consistent(&post, GraphqlBody::decode(data), permissions);
+
+    let mut params = vec![("query".to_owned(), query.clone())];
+    params.extend(name.clone().map(|name| ("operationName".to_owned(), name)));
+    let get_outcome = check_request(fixture, source, "GET", &params, b"");
+    if get_outcome == Err(Refused::KeyInUrl) {
+        // A parameter value that parses as a key is refused before anything else.
+        assert!(params.iter().any(|(_, value)| ParsedKey::parse(value).is_ok()), "no key in {params:?}");
+    } else {
+        assert_consistent(&get_outcome, Ok(GraphqlBody::from_query_params(Some(query), name)), permissions);
+    }
+});
