@@ -518,3 +518,76 @@ async fn replication_killed_mid_way_leaves_the_edge_a_prefix_and_catches_up_afte
     }
     shared.cleanup().await;
 }
+
+/// The database gone (connections refused) and then hung (connections accepted, never answered), in
+/// front of real PostgreSQL through the fault proxy: create, rotate, reveal and rewrap answer 503
+/// `database_unavailable` within the pool's acquire timeout and write nothing; once the database is
+/// back, the same calls succeed and every key reveals to the text it was issued with.
+#[tokio::test]
+async fn the_database_gone_or_hung_mid_work_answers_503_and_loses_nothing() {
+    let schema = format!("kg_db_fault_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    let upstream = url_authority(&postgres_url());
+    let proxy = FaultProxy::start(&format!("http://{upstream}")).await;
+    let port: u16 = proxy.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&postgres_url())
+        .unwrap()
+        .host("127.0.0.1")
+        .port(port)
+        .options([("search_path", schema.as_str())]);
+    let store: Arc<dyn Store> =
+        Arc::new(keygate_control_plane::store::SqlStore::<sqlx::Postgres>::connect_postgres(options).await.unwrap());
+    store.migrate().await.unwrap();
+    let app = TestApp::over(store, Arc::new(LocalKms::from_master_key(&[3; 32], OsRng)), Some(schema)).await;
+
+    let mut issued = HashMap::new();
+    for _ in 0..3 {
+        let (key, id) = app.create_key(&["query:read"]).await;
+        issued.insert(id, key);
+    }
+    let some_id = issued.keys().next().unwrap().clone();
+    let before = app.counts().await;
+    for mode in [Mode::Refuse, Mode::Hang] {
+        proxy.set(mode).await;
+        let calls = [
+            (Method::POST, "/admin/api-keys".to_owned(), Some(json!({"name": "during", "permissions": []}))),
+            (Method::POST, format!("/admin/api-keys/{some_id}/rotate"), None),
+            (Method::POST, format!("/admin/api-keys/{some_id}/reveal"), None),
+            (Method::POST, "/admin/kms/rewrap".to_owned(), None),
+        ];
+        for (method, path, body) in calls {
+            let started = Instant::now();
+            let (status, answer) = app.admin(method, &path, body).await;
+            assert_eq!(
+                (status, answer["error"]["code"].as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("database_unavailable")),
+                "{mode:?} {path}: {answer}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(15), "{mode:?} {path} took {:?}", started.elapsed());
+        }
+        proxy.set(Mode::Forward).await;
+        assert_eq!(app.counts().await, before, "after {mode:?}: nothing written, not even an audit entry");
+    }
+
+    // Back: the writer and the pool recovered, and nothing was lost.
+    for (id, key) in &issued {
+        let (status, answer) = app.admin(Method::POST, &format!("/admin/api-keys/{id}/reveal"), None).await;
+        assert_eq!((status, answer["api_key"].as_str()), (StatusCode::OK, Some(key.as_str())));
+    }
+    let (status, _) = app.admin(Method::POST, &format!("/admin/api-keys/{some_id}/rotate"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.admin(Method::POST, "/admin/api-keys", Some(json!({"name": "after", "permissions": []}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, answer) = app.admin(Method::POST, "/admin/kms/rewrap", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(app.service.audit_verify().await.unwrap(), Ok(app.counts().await.audit));
+    app.cleanup().await;
+}
+
+/// `host:port` of a `postgres://user@host:port/db` URL.
+fn url_authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split_once('@').map_or(rest, |(_, hp)| hp);
+    host_port.split('/').next().unwrap().to_owned()
+}
