@@ -577,7 +577,8 @@ async fn the_database_gone_or_hung_mid_work_answers_503_and_loses_nothing() {
     }
     let (status, _) = app.admin(Method::POST, &format!("/admin/api-keys/{some_id}/rotate"), None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = app.admin(Method::POST, "/admin/api-keys", Some(json!({"name": "after", "permissions": []}))).await;
+    let (status, _) =
+        app.admin(Method::POST, "/admin/api-keys", Some(json!({"name": "after", "permissions": []}))).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, answer) = app.admin(Method::POST, "/admin/kms/rewrap", None).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
