@@ -2,7 +2,7 @@
 //!
 //! Drives the lifecycle service directly (no HTTP), `--concurrency` creations in flight, against the
 //! database and KMS given. For PostgreSQL it works in a fresh schema and drops it after. Prints one JSON
-//! line. `make bench-control-plane` runs it against SQLite and PostgreSQL, with the local KMS and with
+//! line. `make bench` (P4, P6) runs it against SQLite and PostgreSQL, with the local KMS and with
 //! the aws provider on the KMS API server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
