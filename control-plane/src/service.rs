@@ -351,6 +351,21 @@ impl Service {
         f(rng.as_mut())
     }
 
+    /// Applies a change and logs its audit entry (ids and outcome, never the detail): the operator's
+    /// log follows what the audit log records.
+    async fn commit(&self, change: Change) -> Result<AuditEntry, ServiceError> {
+        let entry = self.store.apply(change).await?;
+        tracing::info!(
+            seq = entry.seq,
+            action = %entry.action,
+            key_id = entry.key_id.as_deref(),
+            actor = %entry.actor,
+            outcome = %entry.outcome,
+            "audited"
+        );
+        Ok(entry)
+    }
+
     fn view(&self, row: KeyRow) -> KeyView {
         let now = self.clock.now();
         let status = if row.revoked_at.is_some() {
@@ -434,13 +449,12 @@ impl Service {
             outcome: "ok".into(),
             detail: json_text(&json!({"name": row.name, "tier": row.tier, "permissions": row.permissions})),
         };
-        self.store
-            .apply(Change {
-                audit,
-                ops: vec![Op::InsertKey(row.clone()), Op::InsertSecret(secret)],
-                outbox: Some((row.id, record)),
-            })
-            .await?;
+        self.commit(Change {
+            audit,
+            ops: vec![Op::InsertKey(row.clone()), Op::InsertSecret(secret)],
+            outbox: Some((row.id, record)),
+        })
+        .await?;
         metrics::counter!("keygate_keys_created_total").increment(1);
         Ok(Created { key, view: self.view(row) })
     }
@@ -510,7 +524,7 @@ impl Service {
             Op::Rotate { key_id: id, expected_generation: row.generation, previous_not_after, rotated_at: now },
             Op::InsertSecret(secret),
         ];
-        self.store.apply(Change { audit, ops, outbox: Some((id, record)) }).await?;
+        self.commit(Change { audit, ops, outbox: Some((id, record)) }).await?;
         self.recent.forget(id);
         metrics::counter!("keygate_keys_rotated_total").increment(1);
         Ok(Rotated { key, generation, previous_valid_until: previous_not_after })
@@ -533,7 +547,7 @@ impl Service {
         };
         if row.revoked_at.is_some() {
             audit.outcome = "already_revoked".into();
-            self.store.apply(Change { audit, ops: vec![], outbox: None }).await?;
+            self.commit(Change { audit, ops: vec![], outbox: None }).await?;
             return Ok(self.view(row));
         }
         let live: Vec<SecretEntry> = self
@@ -548,7 +562,7 @@ impl Service {
         revoked.revoked_reason.clone_from(&reason);
         let record = Self::record(&revoked, &live, now)?;
         let ops = vec![Op::Revoke { key_id: id, expected_generation: row.generation, revoked_at: now, reason }];
-        self.store.apply(Change { audit, ops, outbox: Some((id, record)) }).await?;
+        self.commit(Change { audit, ops, outbox: Some((id, record)) }).await?;
         self.recent.forget(id);
         metrics::counter!("keygate_keys_revoked_total").increment(1);
         Ok(self.view(revoked))
@@ -576,7 +590,7 @@ impl Service {
             outcome: "ok".into(),
             detail: json_text(&json!({"generation": current.generation})),
         };
-        self.store.apply(Change { audit, ops: vec![], outbox: None }).await?;
+        self.commit(Change { audit, ops: vec![], outbox: None }).await?;
         Ok(key)
     }
 
@@ -670,7 +684,7 @@ impl Service {
             outcome: refusal.code().to_owned(),
             detail: json_text(&json!({"scope": scope.as_str()})),
         };
-        self.store.apply(Change { audit, ops: vec![], outbox: None }).await?;
+        self.commit(Change { audit, ops: vec![], outbox: None }).await?;
         metrics::counter!("keygate_admin_refusals_total").increment(1);
         Err(refusal)
     }
@@ -706,8 +720,7 @@ impl Service {
         let now = self.clock.now();
         let run = self.store.rewrap_begin(self.kms.current_key_id(), now).await?;
         let total = u64::try_from(self.store.rewrap_remaining(run.target_version).await?).unwrap_or(0);
-        self.store
-            .apply(Change {
+        self.commit(Change {
                 audit: AuditDraft {
                     at: now,
                     actor: actor.label(),
@@ -751,20 +764,19 @@ impl Service {
         }
         let finished = self.clock.now();
         self.store.rewrap_finish(run.id, finished).await?;
-        self.store
-            .apply(Change {
-                audit: AuditDraft {
-                    at: finished,
-                    actor: actor.label(),
-                    action: "kms.rewrap.finish".into(),
-                    key_id: None,
-                    outcome: "ok".into(),
-                    detail: json_text(&json!({"run": run.id, "rewrapped": done, "kms_key_id": run.kms_key_id})),
-                },
-                ops: vec![],
-                outbox: None,
-            })
-            .await?;
+        self.commit(Change {
+            audit: AuditDraft {
+                at: finished,
+                actor: actor.label(),
+                action: "kms.rewrap.finish".into(),
+                key_id: None,
+                outcome: "ok".into(),
+                detail: json_text(&json!({"run": run.id, "rewrapped": done, "kms_key_id": run.kms_key_id})),
+            },
+            ops: vec![],
+            outbox: None,
+        })
+        .await?;
         Ok(done)
     }
 

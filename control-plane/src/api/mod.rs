@@ -159,8 +159,15 @@ pub fn router(service: Arc<Service>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_failed_checks))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of one request: its method and route template, never the URI. A client may paste a key
+/// into a path segment or a query string, and the log must not keep it.
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    tracing::debug_span!("request", method = %request.method(), route)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes the requests in flight.

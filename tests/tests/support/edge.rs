@@ -2,7 +2,7 @@
 //! tests talk to it: requests through the edge, signed pushes, and a look at its KV.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,26 @@ const RECORDS_BINDING: &str = "KEYGATE_RECORDS";
 pub struct Edge {
     child: Child,
     pub url: String,
+    /// The edge's folder: `wrangler.log` (everything wrangler printed), `wrangler-logs/` (wrangler's
+    /// own log file, when a log level was asked for) and `state/` (local KV).
     pub dir: PathBuf,
     tools: HashMap<String, String>,
+    /// Whether the folder stays after the edge stops, for a test that reads it afterwards.
+    keep_dir: bool,
+    stopped: bool,
+}
+
+/// How to start an edge beyond the defaults.
+#[derive(Default)]
+pub struct EdgeOptions<'a> {
+    /// Vars set (or overridden) on top of the repo's config.
+    pub vars: &'a [(&'a str, &'a str)],
+    /// The sync and origin secrets, instead of [`SYNC_SECRET`] and [`ORIGIN_SECRET`].
+    pub secrets: Option<(&'a str, &'a str)>,
+    /// `WRANGLER_LOG` (`debug` is the most verbose); wrangler's log file then goes to `wrangler-logs/`.
+    pub log_level: Option<&'a str>,
+    /// Run in this folder and leave it in place when the edge stops.
+    pub dir: Option<&'a Path>,
 }
 
 impl Edge {
@@ -41,9 +59,16 @@ impl Edge {
 
     /// An edge with these vars set (or overridden) on top of the repo's config.
     pub fn start_with(name: &str, origin: &str, vars: &[(&str, &str)]) -> Self {
+        Self::start_with_options(name, origin, &EdgeOptions { vars, ..EdgeOptions::default() })
+    }
+
+    pub fn start_with_options(name: &str, origin: &str, options: &EdgeOptions<'_>) -> Self {
         let entry = built_worker();
         let tools = tools();
-        let dir = std::env::temp_dir().join(format!("keygate-e2e-edge-{name}-{}", std::process::id()));
+        let dir = match options.dir {
+            Some(dir) => dir.to_path_buf(),
+            None => std::env::temp_dir().join(format!("keygate-e2e-edge-{name}-{}", std::process::id())),
+        };
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // The repo's wrangler.toml, without its build step (the worker is built above) and with the tiers
@@ -55,6 +80,8 @@ impl Edge {
             .replace("[build]", "")
             .replace(r#"TIERS = '{"default": 1000, "premium": 10000}'"#, r#"TIERS = '{"default": 1000, "tiny": 3}'"#);
         std::fs::write(dir.join("wrangler.toml"), config).unwrap();
+        let (sync_secret, origin_secret) = options.secrets.unwrap_or((SYNC_SECRET, ORIGIN_SECRET));
+        let log = std::fs::File::create(dir.join("wrangler.log")).unwrap();
         let port = free_port();
         let mut command = Command::new(&tools["WRANGLER"]);
         command
@@ -62,22 +89,44 @@ impl Edge {
             // Two edges at once must not fight over the default inspector port.
             .args(["--inspector-port", &free_port().to_string()])
             .args(["--persist-to", "state", "--var", &format!("ORIGIN_URL:{origin}")])
-            .args(["--var", &format!("SYNC_SECRET:{SYNC_SECRET}"), "--var", &format!("ORIGIN_SECRET:{ORIGIN_SECRET}")])
-            .args(vars.iter().flat_map(|(name, value)| ["--var".to_owned(), format!("{name}:{value}")]))
+            .args(["--var", &format!("SYNC_SECRET:{sync_secret}"), "--var", &format!("ORIGIN_SECRET:{origin_secret}")])
+            .args(options.vars.iter().flat_map(|(name, value)| ["--var".to_owned(), format!("{name}:{value}")]))
             .current_dir(&dir)
             .envs(tools.iter())
             .env("CI", "true")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("wrangler.log")).unwrap());
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(level) = options.log_level {
+            command.env("WRANGLER_LOG", level).env("WRANGLER_LOG_PATH", dir.join("wrangler-logs"));
+        }
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().expect("start wrangler dev");
-        let edge = Self { child, url: format!("http://127.0.0.1:{port}"), dir, tools };
+        let edge = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            tools,
+            keep_dir: options.dir.is_some(),
+            stopped: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "wrangler dev did not start: {}", edge.log());
             std::thread::sleep(Duration::from_millis(100));
         }
         edge
+    }
+
+    /// Stops wrangler and workerd, so that their logs and KV files are complete.
+    pub fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        // wrangler runs workerd as a child: stop the whole group.
+        // SIGKILL: wrangler dev does not exit on SIGTERM, and a test edge has nothing to save.
+        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
     }
 
     pub fn log(&self) -> String {
@@ -132,11 +181,10 @@ fn json_in(output: &str, open: char, close: char) -> Value {
 
 impl Drop for Edge {
     fn drop(&mut self) {
-        // wrangler runs workerd as a child: stop the whole group.
-        // SIGKILL: wrangler dev does not exit on SIGTERM, and a test edge has nothing to save.
-        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", self.child.id())]).status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.stop();
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
