@@ -37,6 +37,13 @@ fn keygate_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = Command::new(cargo);
     build.args(["build", "--quiet", "-p", "keygate-control-plane", "--bin", "keygate"]);
+    // Without the variables cargo set for this test: inherited, they change the fingerprints of
+    // dependencies' builds, and the next `cargo build` or `cargo test` would compile them all again.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("CARGO_") && name != "CARGO_HOME") {
+            build.env_remove(name);
+        }
+    }
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
