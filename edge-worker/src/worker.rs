@@ -213,7 +213,12 @@ async fn forward(
     }
     let answer = match Fetch::Request(Request::new_with_init(&target, &init)?).send().await {
         Ok(answer) => answer,
-        Err(_) => return graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not answer"),
+        Err(error) => {
+            // For the operator's log: the client gets only the code. No URL (its query string is the
+            // client's) and no header is written.
+            worker::console_error!("keygate: origin fetch failed for key {key_id}: {error}");
+            return graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not answer");
+        }
     };
     let answer_headers = Headers::new();
     for (name, value) in answer.headers().entries() {

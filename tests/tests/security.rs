@@ -911,3 +911,26 @@ async fn the_edge_holds_off_a_client_after_too_many_bad_keys() {
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(origin.reached(), reached, "nothing forwarded while held off");
 }
+
+/// An origin that does not answer gets the client a 502 with a code and nothing more, and the operator a
+/// log line naming the key id and the error: never the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_does_not_answer_is_a_502_the_operator_can_read_about() {
+    // A port nothing listens on.
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    let edge = Edge::start_with("security-origin-down", &closed, &[("FAILED_ATTEMPTS_PER_MINUTE", "0")]);
+    let good = fresh_key();
+    let (status, body) = push(&edge, vec![record(&good, 1, &["query:read"], false, None)], now(), SYNC_SECRET).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = through_edge(&edge, Some(good.expose()), QUERY).await;
+    assert_eq!(status, 502, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "ORIGIN_UNAVAILABLE");
+    let expected = format!("origin fetch failed for key {}", good.key_id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !edge.log().contains(&expected) {
+        assert!(Instant::now() < deadline, "no log line {expected:?}:\n{}", edge.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!edge.log().contains(good.expose()), "the key reached the edge's log");
+}
