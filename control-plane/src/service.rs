@@ -5,7 +5,7 @@
 //! authentication never call KMS.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -266,10 +266,15 @@ struct KnownKey {
 struct RecentKeys {
     entries: Mutex<HashMap<KeyId, (Arc<KnownKey>, i64)>>,
     epoch: AtomicU64,
+    /// When `keep` next drops expired reads.
+    next_sweep_ms: AtomicI64,
 }
 
 /// Keys whose reads are kept at most; a full map first drops what has expired, then everything.
 const RECENT_KEYS: usize = 100_000;
+/// How often expired reads are dropped, so that the map holds about the keys checked in the last few
+/// seconds instead of filling up to `RECENT_KEYS`.
+const SWEEP_EVERY_MS: i64 = 10_000;
 
 impl RecentKeys {
     fn get(&self, id: KeyId, now_ms: i64) -> Option<Arc<KnownKey>> {
@@ -281,6 +286,11 @@ impl RecentKeys {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if self.epoch.load(Ordering::Acquire) != read_in_epoch {
             return;
+        }
+        // Under the lock: one sweep at a time.
+        if now_ms >= self.next_sweep_ms.load(Ordering::Relaxed) {
+            entries.retain(|_, (_, until)| now_ms < *until);
+            self.next_sweep_ms.store(now_ms.saturating_add(SWEEP_EVERY_MS), Ordering::Relaxed);
         }
         if entries.len() >= RECENT_KEYS {
             entries.retain(|_, (_, until)| now_ms < *until);
@@ -853,4 +863,31 @@ fn validate_new_key(request: NewKey, settings: &Settings) -> Result<CheckedNewKe
         return Err(ServiceError::invalid("invalid_metadata", "metadata must be a JSON object of at most 8 KiB"));
     }
     Ok(CheckedNewKey { name, tier: request.tier, permissions, expires_in_days, region, owner: request.owner, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Arc<KnownKey> {
+        Arc::new(KnownKey { row: None, secrets: vec![] })
+    }
+
+    fn held(recent: &RecentKeys) -> usize {
+        recent.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    #[test]
+    fn recent_reads_are_swept_once_expired() {
+        let recent = RecentKeys::default();
+        for id in 0..50u128 {
+            recent.keep(KeyId::from(id), known(), 0, 1_000, 0);
+        }
+        assert_eq!(held(&recent), 50);
+        recent.keep(KeyId::from(100), known(), 0, SWEEP_EVERY_MS + 1_000, SWEEP_EVERY_MS - 1);
+        assert_eq!(held(&recent), 51, "no sweep before its time");
+        assert!(recent.get(KeyId::from(1), 999).is_some() && recent.get(KeyId::from(1), 1_000).is_none());
+        recent.keep(KeyId::from(101), known(), 0, SWEEP_EVERY_MS + 1_000, SWEEP_EVERY_MS);
+        assert_eq!(held(&recent), 2, "the sweep kept only what has not expired");
+    }
 }

@@ -14,6 +14,9 @@ use keygate_shared::KeyRecord;
 pub const DEFAULT_TTL_MS: i64 = 1_000;
 /// Records held at most; a full map first drops what has expired, then everything.
 pub const CAPACITY: usize = 10_000;
+/// How often what has expired is dropped, so that a long-lived isolate holds only the records of the
+/// last few seconds rather than filling up to `CAPACITY`.
+pub const SWEEP_EVERY_MS: i64 = 10_000;
 
 /// A record (or the absence of one) and when it stops being used.
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ pub struct RecentRecords {
     entries: HashMap<String, Held>,
     ttl_ms: i64,
     capacity: usize,
+    /// When `keep` next drops expired entries.
+    next_sweep_ms: i64,
 }
 
 impl Default for RecentRecords {
@@ -39,7 +44,7 @@ impl Default for RecentRecords {
 impl RecentRecords {
     /// Keeps records for `ttl_ms` (0 keeps none), at most `capacity` of them.
     pub fn new(ttl_ms: i64, capacity: usize) -> Self {
-        Self { entries: HashMap::new(), ttl_ms: ttl_ms.max(0), capacity }
+        Self { entries: HashMap::new(), ttl_ms: ttl_ms.max(0), capacity, next_sweep_ms: 0 }
     }
 
     /// Changes the time records are kept; what is held now keeps its own end.
@@ -57,6 +62,10 @@ impl RecentRecords {
     pub fn keep(&mut self, key_id: &str, record: Option<KeyRecord>, now_ms: i64) {
         if self.ttl_ms == 0 {
             return;
+        }
+        if now_ms >= self.next_sweep_ms {
+            self.entries.retain(|_, held| now_ms < held.until_ms);
+            self.next_sweep_ms = now_ms.saturating_add(SWEEP_EVERY_MS);
         }
         if self.entries.len() >= self.capacity && !self.entries.contains_key(key_id) {
             self.entries.retain(|_, held| now_ms < held.until_ms);
@@ -142,5 +151,18 @@ mod tests {
         let mut off = RecentRecords::new(0, 3);
         off.keep("x", None, 0);
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn expired_records_are_swept_without_waiting_for_the_capacity() {
+        let mut recent = RecentRecords::new(1_000, CAPACITY);
+        for id in 0..100u128 {
+            recent.keep(&KeyId::from(id).to_string(), None, 0);
+        }
+        assert_eq!(recent.len(), 100);
+        recent.keep(&KeyId::from(500).to_string(), None, SWEEP_EVERY_MS - 1);
+        assert_eq!(recent.len(), 101, "no sweep before its time");
+        recent.keep(&KeyId::from(501).to_string(), None, SWEEP_EVERY_MS);
+        assert_eq!(recent.len(), 2, "the sweep kept only what has not expired");
     }
 }
