@@ -252,6 +252,22 @@ async fn admin(server: &Server, method: &str, path: &str, key: Option<&str>, bod
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates a key through the API; its text and id.
+async fn create(server: &Server, admin_key: &str, body: Value) -> (String, String) {
+    let (status, created) = admin(server, "POST", "/admin/api-keys", Some(admin_key), Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    (created["api_key"].as_str().unwrap().to_owned(), created["api_key_id"].as_str().unwrap().to_owned())
+}
+
+/// Rotates a key through the API with this grace period; the new key text.
+async fn rotate(server: &Server, admin_key: &str, id: &str, grace_secs: u64) -> String {
+    let path = format!("/admin/api-keys/{id}/rotate");
+    let (status, rotated) =
+        admin(server, "POST", &path, Some(admin_key), Some(json!({"grace_period_secs": grace_secs}))).await;
+    assert_eq!(status, 200, "{rotated}");
+    rotated["api_key"].as_str().unwrap().to_owned()
+}
+
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -371,40 +387,14 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
     let root_key = Some(admin_key.as_str());
 
     // Keys made through the API: a reader, a writer, and a narrower admin key.
-    let (status, reader) = admin(
-        &server,
-        "POST",
-        "/admin/api-keys",
-        root_key,
-        Some(json!({"name": "reader", "permissions": ["query:read"]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{reader}");
-    let reader_key = reader["api_key"].as_str().unwrap().to_owned();
-    let reader_id = reader["api_key_id"].as_str().unwrap().to_owned();
+    let (reader_key, reader_id) =
+        create(&server, &admin_key, json!({"name": "reader", "permissions": ["query:read"]})).await;
     keys.push(("reader, generation 1".into(), reader_key.clone()));
-    let (status, writer) = admin(
-        &server,
-        "POST",
-        "/admin/api-keys",
-        root_key,
-        Some(json!({"name": "writer", "permissions": ["query:read", "mutation:write"], "owner": "team-a"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{writer}");
-    let writer_key = writer["api_key"].as_str().unwrap().to_owned();
-    let writer_id = writer["api_key_id"].as_str().unwrap().to_owned();
+    let body = json!({"name": "writer", "permissions": ["query:read", "mutation:write"], "owner": "team-a"});
+    let (writer_key, writer_id) = create(&server, &admin_key, body).await;
     keys.push(("writer".into(), writer_key.clone()));
-    let (status, auditor) = admin(
-        &server,
-        "POST",
-        "/admin/api-keys",
-        root_key,
-        Some(json!({"name": "auditor", "permissions": ["admin:audit:read", "admin:keys:read"]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{auditor}");
-    let auditor_key = auditor["api_key"].as_str().unwrap().to_owned();
+    let body = json!({"name": "auditor", "permissions": ["admin:audit:read", "admin:keys:read"]});
+    let (auditor_key, _) = create(&server, &admin_key, body).await;
     keys.push(("auditor admin key".into(), auditor_key.clone()));
 
     // One through the CLI, whose stdout is meant to show it.
@@ -437,29 +427,11 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
     );
 
     // Rotate: both generations work at the edge during the grace period.
-    let (status, rotated) = admin(
-        &server,
-        "POST",
-        &format!("/admin/api-keys/{reader_id}/rotate"),
-        root_key,
-        Some(json!({"grace_period_secs": 600})),
-    )
-    .await;
-    assert_eq!(status, 200, "{rotated}");
-    let reader_key_2 = rotated["api_key"].as_str().unwrap().to_owned();
+    let reader_key_2 = rotate(&server, &admin_key, &reader_id, 600).await;
     keys.push(("reader, generation 2".into(), reader_key_2.clone()));
     until_status(&edge, &reader_key_2, 200, Duration::from_secs(30)).await;
     assert_eq!(through_edge_at(&edge, "/graphql", Some(&reader_key), QUERY).await.0, 200);
-    let (status, rotated) = admin(
-        &server,
-        "POST",
-        &format!("/admin/api-keys/{reader_id}/rotate"),
-        root_key,
-        Some(json!({"grace_period_secs": 0})),
-    )
-    .await;
-    assert_eq!(status, 200, "{rotated}");
-    let reader_key_3 = rotated["api_key"].as_str().unwrap().to_owned();
+    let reader_key_3 = rotate(&server, &admin_key, &reader_id, 0).await;
     keys.push(("reader, generation 3".into(), reader_key_3.clone()));
     until_status(&edge, &reader_key_3, 200, Duration::from_secs(30)).await;
     until_status(&edge, &reader_key_2, 401, Duration::from_secs(30)).await;
@@ -674,16 +646,7 @@ async fn a_key_pasted_into_an_admin_url_stays_out_of_the_log() {
     let log = dir.join("keygate-serve.log");
     let mut server = keygate.serve(&log).await;
     let root_key = Some(admin_key.as_str());
-    let (status, created) = admin(
-        &server,
-        "POST",
-        "/admin/api-keys",
-        root_key,
-        Some(json!({"name": "pasted", "permissions": ["query:read"]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    let key = created["api_key"].as_str().unwrap().to_owned();
+    let (key, _) = create(&server, &admin_key, json!({"name": "pasted", "permissions": ["query:read"]})).await;
 
     for (expected, method, path) in [
         (404, "GET", format!("/admin/api-keys/{key}")),

@@ -553,6 +553,13 @@ fn sync_rows(revoked: &ApiKey) -> Vec<Row> {
     let resurrecting = String::from_utf8(good_push.body.clone()).unwrap();
     let sync = |what: &str| row(Surface::Sync, what, "POST", SYNC_PATH);
     let signed = |what: &str, body: &[u8]| sync(what).signed(&SignedPush::of_body(body.to_vec(), now, SYNC_SECRET));
+    // The good push's body and signature under another timestamp header.
+    let timestamped = |what: &str, timestamp: &str| {
+        sync(what)
+            .header(TIMESTAMP_HEADER, timestamp)
+            .header(SIGNATURE_HEADER, &good_push.signature)
+            .body(&good_push.body)
+    };
     let forged = SignedPush::new(vec![resurrect.clone()], now, "guessed-secret");
     let stale = SignedPush::new(vec![resurrect.clone()], now - 301, SYNC_SECRET);
     // An hour ahead: the rows are sent some seconds after they are made, which only makes `stale` staler.
@@ -594,33 +601,13 @@ fn sync_rows(revoked: &ApiKey) -> Vec<Row> {
             .header(SIGNATURE_HEADER, SignedPush::of_body(b"{\"records\":[]}".to_vec(), now, SYNC_SECRET).signature)
             .body(&good_push.body)
             .expect(401, "bad_signature"),
-        sync("a signature for another timestamp")
-            .header(TIMESTAMP_HEADER, (now - 1).to_string())
-            .header(SIGNATURE_HEADER, &good_push.signature)
-            .body(&good_push.body)
-            .expect(401, "bad_signature"),
+        timestamped("a signature for another timestamp", &(now - 1).to_string()).expect(401, "bad_signature"),
         sync("a stale timestamp (-301 s)").signed(&stale).expect(401, "stale_timestamp"),
         sync("a future timestamp (+1 h)").signed(&future).expect(401, "stale_timestamp"),
-        sync("a non-numeric timestamp")
-            .header(TIMESTAMP_HEADER, "yesterday")
-            .header(SIGNATURE_HEADER, &good_push.signature)
-            .body(&good_push.body)
-            .expect(401, "bad_timestamp"),
-        sync("a negative timestamp")
-            .header(TIMESTAMP_HEADER, "-5")
-            .header(SIGNATURE_HEADER, &good_push.signature)
-            .body(&good_push.body)
-            .expect(401, "bad_timestamp"),
-        sync("a timestamp in exponent form")
-            .header(TIMESTAMP_HEADER, "1.7e9")
-            .header(SIGNATURE_HEADER, &good_push.signature)
-            .body(&good_push.body)
-            .expect(401, "bad_timestamp"),
-        sync("a 13-digit timestamp")
-            .header(TIMESTAMP_HEADER, "9999999999999")
-            .header(SIGNATURE_HEADER, &good_push.signature)
-            .body(&good_push.body)
-            .expect(401, "bad_timestamp"),
+        timestamped("a non-numeric timestamp", "yesterday").expect(401, "bad_timestamp"),
+        timestamped("a negative timestamp", "-5").expect(401, "bad_timestamp"),
+        timestamped("a timestamp in exponent form", "1.7e9").expect(401, "bad_timestamp"),
+        timestamped("a 13-digit timestamp", "9999999999999").expect(401, "bad_timestamp"),
         row(Surface::Sync, "GET", "GET", SYNC_PATH).expect(405, "method_not_allowed"),
         row(Surface::Sync, "PUT, signed", "PUT", SYNC_PATH).signed(&good_push).expect(405, "method_not_allowed"),
         signed("signed, not JSON", b"records=all").expect(400, "bad_payload"),

@@ -18,16 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keygate_control_plane::clock::SystemClock;
 use keygate_control_plane::kms::local::LocalKms;
-use keygate_control_plane::replicator::Replicator;
-use keygate_control_plane::service::{Service, Settings};
+use keygate_control_plane::service::Settings;
 use keygate_control_plane::store::{SqlStore, Store};
-use keygate_shared::SyncSecret;
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
+use support::control_plane::ControlPlane;
 use support::edge::{until_status, Edge, EdgeOptions};
-use support::{http, root, tools, QUERY, SYNC_SECRET};
+use support::{http, root, tools, QUERY};
 
 /// How long after a change is acknowledged the edge may still answer as before it.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -40,33 +38,12 @@ const TIERS: &str = r#"{"default": 100000000}"#;
 
 /// The control plane, in-process like the harness's, but with the failed-attempt brake off: the
 /// verify load sends revoked keys far more often than 20 a minute from one address.
-struct Plane {
-    url: String,
-    admin: String,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
-async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
-}
-
-impl Plane {
-    async fn start(dir: &Path, edge: &str) -> Self {
-        let url = format!("sqlite://{}", dir.join("keygate.db").display());
-        let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Sqlite>::connect_sqlite(&url).await.unwrap());
-        store.migrate().await.unwrap();
-        let kms = Arc::new(LocalKms::open_or_create(&dir.join("master.key")).unwrap());
-        let settings = Settings { failed_attempts_per_minute: 0, ..Settings::default() };
-        let service = Arc::new(Service::new(store.clone(), kms, Arc::new(SystemClock), Box::new(OsRng), settings));
-        let admin = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(keygate_control_plane::api::run(listener, service, until_stopped(stopped.clone())));
-        let replicator = Replicator::new(store, Arc::new(SystemClock), edge, SyncSecret::new(SYNC_SECRET));
-        tokio::spawn(replicator.run(until_stopped(stopped)));
-        Self { url, admin, _stop: stop }
-    }
+async fn start_plane(dir: &Path, edge: &str) -> ControlPlane {
+    let url = format!("sqlite://{}", dir.join("keygate.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Sqlite>::connect_sqlite(&url).await.unwrap());
+    let kms = Arc::new(LocalKms::open_or_create(&dir.join("master.key")).unwrap());
+    let settings = Settings { failed_attempts_per_minute: 0, ..Settings::default() };
+    ControlPlane::start_with(store, kms, edge, settings).await
 }
 
 /// An origin that only counts: the harness's keeps every request, which would grow this process's
@@ -307,7 +284,13 @@ fn key_id_of(key: &str) -> &str {
 }
 
 /// An admin POST; its JSON answer if it succeeded, else an error is recorded.
-async fn admin_post(http: &reqwest::Client, plane: &Plane, path: &str, body: Value, stats: &Stats) -> Option<Value> {
+async fn admin_post(
+    http: &reqwest::Client,
+    plane: &ControlPlane,
+    path: &str,
+    body: Value,
+    stats: &Stats,
+) -> Option<Value> {
     match http.post(format!("{}{path}", plane.url)).bearer_auth(&plane.admin).json(&body).send().await {
         Ok(response) if response.status().is_success() => response.json().await.ok(),
         Ok(response) => {
@@ -324,7 +307,7 @@ async fn admin_post(http: &reqwest::Client, plane: &Plane, path: &str, body: Val
 
 /// Every ~200 ms: create a key, rotate a live one, and revoke the oldest live one beyond
 /// [`LIVE_CHURN_KEYS`].
-async fn churn(plane: Arc<Plane>, pool: Arc<Mutex<Pool>>, stats: Arc<Stats>, until: Instant) {
+async fn churn(plane: Arc<ControlPlane>, pool: Arc<Mutex<Pool>>, stats: Arc<Stats>, until: Instant) {
     let http = http();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     while Instant::now() < until {
@@ -539,7 +522,7 @@ async fn soak_under_load_and_churn() {
     let options =
         EdgeOptions { vars: &vars, log_level: Some(&log_level), dir: Some(&edge_dir), ..EdgeOptions::default() };
     let mut edge = Edge::start_with_options("soak", &origin_url, &options);
-    let plane = Arc::new(Plane::start(&dir, &edge.url).await);
+    let plane = Arc::new(start_plane(&dir, &edge.url).await);
 
     let http = http();
     let pool = Arc::new(Mutex::new(Pool::default()));

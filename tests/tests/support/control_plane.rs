@@ -27,14 +27,13 @@ async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
 
 impl ControlPlane {
     pub async fn start(store: Arc<dyn Store>, kms: Arc<dyn Kms>, edge: &str) -> Self {
+        Self::start_with(store, kms, edge, Settings::default()).await
+    }
+
+    pub async fn start_with(store: Arc<dyn Store>, kms: Arc<dyn Kms>, edge: &str, settings: Settings) -> Self {
         store.migrate().await.unwrap();
-        let service = Arc::new(Service::new(
-            store.clone(),
-            kms,
-            Arc::new(SystemClock),
-            Box::new(rand_core::OsRng),
-            Settings::default(),
-        ));
+        let service =
+            Arc::new(Service::new(store.clone(), kms, Arc::new(SystemClock), Box::new(rand_core::OsRng), settings));
         let admin = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
