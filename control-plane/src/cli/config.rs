@@ -1,12 +1,14 @@
 //! The flags every command shares, each with its environment variable (DESIGN.md's table), and how
 //! they become a running [`Service`].
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use keygate_shared::{Prefix, Region};
+use keygate_shared::{Prefix, Region, SyncSecret};
 use rand_core::OsRng;
 
 use crate::clock::SystemClock;
@@ -34,7 +36,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://path` (created) or `postgres://...`.
     #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = "sqlite://data/keygate.db", global = true)]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// KMS provider.
     #[arg(long, env = "KEYGATE_KMS", value_enum, default_value = "local", global = true)]
     pub kms: KmsKind,
@@ -75,8 +77,50 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_EDGE_URL", global = true)]
     pub edge_url: Option<String>,
     /// Shared secret signing replication pushes (required with --edge-url).
-    #[arg(long, env = "KEYGATE_SYNC_SECRET", hide_env_values = true, global = true)]
-    pub sync_secret: Option<String>,
+    #[arg(long, env = "KEYGATE_SYNC_SECRET", hide_env_values = true, value_parser = parse_sync_secret, global = true)]
+    pub sync_secret: Option<SyncSecret>,
+}
+
+fn parse_sync_secret(text: &str) -> Result<SyncSecret, &'static str> {
+    if text.is_empty() {
+        return Err("the sync secret must not be empty");
+    }
+    Ok(SyncSecret::new(text.as_bytes()))
+}
+
+/// A database URL. Its `Debug` output leaves out the password a PostgreSQL URL may hold.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:password@host/...: the password is between the first ':' of the authority and
+        // its last '@'.
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|at| at + 3) else { return f.write_str("<unparsed database url>") };
+        let authority_end = url[scheme_end..].find(['/', '?']).map_or(url.len(), |at| scheme_end + at);
+        let authority = &url[scheme_end..authority_end];
+        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+            Some((colon, at)) => {
+                write!(f, "{}{}:<redacted>{}", &url[..scheme_end], &authority[..colon], &url[scheme_end + at..])
+            }
+            None => f.write_str(url),
+        }
+    }
 }
 
 /// A configuration that cannot run.
@@ -120,7 +164,7 @@ impl Config {
             return Err(ConfigError::MissingSyncSecret);
         }
         let kms = self.kms().await?;
-        let store = store::connect(&self.database_url).await?;
+        let store = store::connect(self.database_url.as_str()).await?;
         let settings = Settings {
             prefix: self.key_prefix.clone(),
             region: self.region.clone(),
@@ -129,5 +173,49 @@ impl Config {
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret_or_password() {
+        let flags = Flags::try_parse_from([
+            "keygate",
+            "--database-url",
+            "postgres://keygate:hunter2-password@db.internal:5432/keygate?sslmode=require",
+            "--sync-secret",
+            "sync-secret-that-must-not-show",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{flags:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("must-not-show"), "{shown}");
+        assert!(shown.contains("postgres://keygate:<redacted>@db.internal:5432/keygate?sslmode=require"), "{shown}");
+        assert!(shown.contains("SyncSecret(<redacted>)"), "{shown}");
+    }
+
+    #[test]
+    fn urls_without_a_password_show_whole() {
+        for url in ["sqlite://data/keygate.db", "postgres://keygate@db/x", "postgres://db/x?user=a:b@c", "not a url"] {
+            let shown = format!("{:?}", url.parse::<DatabaseUrl>().unwrap_or_else(|e| match e {}));
+            let expected = if url.contains("://") { url } else { "<unparsed database url>" };
+            assert_eq!(shown, expected);
+        }
+    }
+
+    #[test]
+    fn an_empty_sync_secret_is_refused() {
+        let refused = Flags::try_parse_from(["keygate", "--sync-secret", ""]);
+        assert!(refused.is_err_and(|e| e.to_string().contains("must not be empty")));
     }
 }

@@ -14,7 +14,6 @@ use super::Config;
 use crate::api::admin::{CreatedResponse, KeyResponse};
 use crate::replicator::Replicator;
 use crate::service::{Actor, NewKey, Service, ServiceError};
-use keygate_shared::SyncSecret;
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("keygate: {message}");
@@ -53,7 +52,7 @@ fn report(error: ServiceError) -> ExitCode {
 /// The replicator to `--edge-url`, if one is configured.
 fn replicator(config: &Config, service: &Service) -> Option<Replicator> {
     let edge_url = config.edge_url.as_deref()?;
-    let secret = SyncSecret::new(config.sync_secret.clone()?.into_bytes());
+    let secret = config.sync_secret.clone()?;
     Some(Replicator::new(service.store().clone(), service.clock().clone(), edge_url, secret))
 }
 
@@ -94,7 +93,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 
 
 /// `keygate migrate`.
 pub async fn migrate(config: &Config, out: &mut dyn Write) -> ExitCode {
-    match crate::store::connect(&config.database_url).await {
+    match crate::store::connect(config.database_url.as_str()).await {
         Ok(store) => {
             let _ = writeln!(out, "{} schema is up to date", store.dialect());
             ExitCode::SUCCESS

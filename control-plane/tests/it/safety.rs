@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use keygate_control_plane::kms::{DataKey, Kms, KmsContext, KmsError, WrappedKey};
-use keygate_control_plane::service::{Actor, Service, Settings};
+use keygate_control_plane::service::{Actor, NewKey, Service, Settings};
 use keygate_shared::{ApiKey, Prefix, Region};
 use serde_json::{json, Value};
 
@@ -616,5 +616,40 @@ async fn rewrap_moves_every_data_key_to_the_new_kms_key() {
         let revealed = service.reveal(&Actor::Cli, id.parse().unwrap()).await.unwrap();
         assert_eq!(revealed.expose(), key);
     }
+    app.cleanup().await;
+}
+
+/// The `Debug` output of everything that holds or leads to a key (what a `{:?}` in a log line would
+/// print) shows ids, never key text.
+#[tokio::test]
+async fn debug_output_of_values_holding_keys_shows_no_key() {
+    let app = TestApp::sqlite_local("debug-output").await;
+    let request = NewKey {
+        name: "debug".into(),
+        tier: "default".into(),
+        permissions: vec!["query:read".into()],
+        ..NewKey::default()
+    };
+    let created = app.service.create(&Actor::Cli, request).await.unwrap();
+    let id = created.key.key_id();
+    let rotated = app.service.rotate(&Actor::Cli, id, Some(60)).await.unwrap();
+    let revealed = app.service.reveal(&Actor::Cli, id).await.unwrap();
+    let (view, secrets) = app.service.show(id).await.unwrap();
+    let shown = [
+        format!("{created:?}"),
+        format!("{rotated:?}"),
+        format!("{revealed:?}"),
+        format!("{view:?}"),
+        format!("{secrets:?}"),
+        format!("{:?}", app.service),
+    ];
+    for key in [created.key.expose(), rotated.key.expose(), &app.admin_key] {
+        for text in &shown {
+            for form in forms_of(key) {
+                assert!(!contains(text.as_bytes(), &form), "a key in Debug output: {text}");
+            }
+        }
+    }
+    assert!(shown[0].contains(&id.to_string()) && shown[1].contains(&id.to_string()), "{shown:?}");
     app.cleanup().await;
 }
