@@ -730,19 +730,21 @@ impl Service {
         let now = self.clock.now();
         let run = self.store.rewrap_begin(self.kms.current_key_id(), now).await?;
         let total = u64::try_from(self.store.rewrap_remaining(run.target_version).await?).unwrap_or(0);
+        let detail =
+            json!({"run": run.id, "target_version": run.target_version, "resumed": run.resumed, "pending": total});
         self.commit(Change {
-                audit: AuditDraft {
-                    at: now,
-                    actor: actor.label(),
-                    action: "kms.rewrap.start".into(),
-                    key_id: None,
-                    outcome: "ok".into(),
-                    detail: json_text(&json!({"run": run.id, "target_version": run.target_version, "resumed": run.resumed, "pending": total})),
-                },
-                ops: vec![],
-                outbox: None,
-            })
-            .await?;
+            audit: AuditDraft {
+                at: now,
+                actor: actor.label(),
+                action: "kms.rewrap.start".into(),
+                key_id: None,
+                outcome: "ok".into(),
+                detail: json_text(&detail),
+            },
+            ops: vec![],
+            outbox: None,
+        })
+        .await?;
         let mut done = 0u64;
         progress(0, total);
         loop {
