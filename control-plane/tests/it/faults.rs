@@ -35,6 +35,16 @@ fn impatient_kms(endpoint: &str, key_id: &str) -> Arc<AwsKms> {
     Arc::new(AwsKms::from_client(kms_client(endpoint, SECOND, SECOND, 2 * SECOND), key_id.to_owned()))
 }
 
+/// `n` `query:read` keys made through the API: key text by key id.
+async fn issue_keys(app: &TestApp, n: usize) -> HashMap<String, String> {
+    let mut issued = HashMap::new();
+    for _ in 0..n {
+        let (key, id) = app.create_key(&["query:read"]).await;
+        issued.insert(id, key);
+    }
+    issued
+}
+
 /// Every secret row, in key and generation order.
 async fn every_secret(store: &Arc<dyn Store>) -> Vec<SecretRow> {
     store.rewrap_pending(i64::MAX, 1_000_000).await.unwrap()
@@ -173,11 +183,7 @@ async fn kms_gone_then_back_loses_nothing_and_every_key_still_reveals() {
     let proxy = FaultProxy::start(&server.endpoint).await;
     let mut app = TestApp::over(store, impatient_kms(&proxy.endpoint, &kms_key_id), Some(schema)).await;
     app.kms_server = Some(server);
-    let mut issued = HashMap::new();
-    for _ in 0..4 {
-        let (key, id) = app.create_key(&["query:read"]).await;
-        issued.insert(id, key);
-    }
+    let mut issued = issue_keys(&app, 4).await;
     let id = issued.keys().next().unwrap().clone();
     let before = app.counts().await;
     let secrets_before = every_secret(&app.store).await;
@@ -541,11 +547,7 @@ async fn the_database_gone_or_hung_mid_work_answers_503_and_loses_nothing() {
     store.migrate().await.unwrap();
     let app = TestApp::over(store, Arc::new(LocalKms::from_master_key(&[3; 32], OsRng)), Some(schema)).await;
 
-    let mut issued = HashMap::new();
-    for _ in 0..3 {
-        let (key, id) = app.create_key(&["query:read"]).await;
-        issued.insert(id, key);
-    }
+    let issued = issue_keys(&app, 3).await;
     let some_id = issued.keys().next().unwrap().clone();
     let before = app.counts().await;
     for mode in [Mode::Refuse, Mode::Hang] {
