@@ -29,6 +29,8 @@ test: setup
 	# The worker's toolchain (wasm-bindgen, worker-build, wrangler, binaryen, esbuild) and the KMS API
 	# server (moto): installed once into the per-user cache, here rather than inside a test.
 	scripts/tools.sh > /dev/null
+	# The FraiseQL origin of the end-to-end tests: fraiseql-server, fraiseql-cli and PostgreSQL 18, also once.
+	scripts/fraiseql.sh > /dev/null
 	KEYGATE_KMS_SERVER="$$(scripts/kms-server.sh)" $(CARGO) test --workspace
 	# shared must stay no_std: build it (and the worker crate on top of it) for the wasm target.
 	$(CARGO) build -p keygate-shared --target $(WASM_TARGET) --no-default-features

@@ -72,5 +72,18 @@ demo key:   $demo
 A request through the edge:
   $request
 TXT
-printf '  -> %s\n\nCtrl-C stops everything.\n' "$(eval "$request")"
+printf '  -> %s\n' "$(eval "$request")"
+cat <<TXT
+
+Every forwarded request carries Authorization: Bearer <JWT> (ES256), verifiable against
+  http://$control/.well-known/jwks.json
+To put FraiseQL behind the edge, run KEYGATE_ORIGIN_URL=http://127.0.0.1:8000 make dev
+and give fraiseql-server this auth section (README: "Putting a GraphQL server behind keygate"):
+  [auth]
+  jwks_uri = "http://$control/.well-known/jwks.json"
+  audience = "graphql"
+  allowed_algorithms = ["ES256"]
+
+Ctrl-C stops everything.
+TXT
 wait

@@ -41,27 +41,43 @@ pub fn seal<R: RngCore + CryptoRng + ?Sized>(
     generation: u32,
     rng: &mut R,
 ) -> Result<Vec<u8>, EnvelopeError> {
+    seal_bytes(data_key, key.expose().as_bytes(), &aad(key.key_id(), generation), rng)
+}
+
+/// Seals any secret bytes under `data_key`, bound to `aad`: nonce followed by ciphertext and tag.
+pub fn seal_bytes<R: RngCore + CryptoRng + ?Sized>(
+    data_key: &DataKey,
+    plain: &[u8],
+    aad: &[u8],
+    rng: &mut R,
+) -> Result<Vec<u8>, EnvelopeError> {
     let cipher = Aes256Gcm::new(data_key.expose().into());
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let payload = Payload { msg: key.expose().as_bytes(), aad: &aad(key.key_id(), generation) };
     let mut sealed = nonce.to_vec();
-    sealed.extend(cipher.encrypt(Nonce::from_slice(&nonce), payload).map_err(|_| EnvelopeError::Seal)?);
+    sealed.extend(
+        cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad }).map_err(|_| EnvelopeError::Seal)?,
+    );
     Ok(sealed)
 }
 
-/// Opens a sealed secret of `key_id`'s generation `generation`.
-pub fn open(data_key: &DataKey, sealed: &[u8], key_id: KeyId, generation: u32) -> Result<ApiKey, EnvelopeError> {
+/// Opens what [`seal_bytes`] sealed with the same data key and `aad`.
+pub fn open_bytes(data_key: &DataKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     if sealed.len() <= NONCE_LEN {
         return Err(EnvelopeError::Unauthentic);
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
     let cipher = Aes256Gcm::new(data_key.expose().into());
-    let plain = Zeroizing::new(
+    Ok(Zeroizing::new(
         cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad(key_id, generation) })
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
             .map_err(|_| EnvelopeError::Unauthentic)?,
-    );
+    ))
+}
+
+/// Opens a sealed secret of `key_id`'s generation `generation`.
+pub fn open(data_key: &DataKey, sealed: &[u8], key_id: KeyId, generation: u32) -> Result<ApiKey, EnvelopeError> {
+    let plain = open_bytes(data_key, sealed, &aad(key_id, generation))?;
     let text = String::from_utf8(plain.to_vec()).map_err(|e| {
         // Wipe the rejected bytes on the way out, as the key would have been.
         drop(Zeroizing::new(e.into_bytes()));

@@ -2,14 +2,19 @@
 //! `POST {edge}/_keygate/sync`, retrying with backoff while the edge is down; `resync` sends every
 //! key's current record. Each record carries its outbox row's sequence number, so the edge keeps only
 //! the newest and a replay never undoes a change.
+//!
+//! With [`Replicator::with_origin_keys`] it also hands the edge the origin-token signing keys, sealed
+//! under a key derived from the sync secret: after start-up, after each rotation, and on every resync.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_shared::{sync, KeyRecord, SyncPayload, SyncSecret};
 
 use crate::clock::Clock;
+use crate::origin_keys::{OriginKeyError, OriginKeys};
 use crate::store::{OutboxRow, Store, StoreError};
 
 /// Records per push.
@@ -36,6 +41,9 @@ pub enum PushError {
     /// An outbox row does not hold a record.
     #[error("outbox row {0} does not hold a key record")]
     Corrupt(i64),
+    /// The signing keys could not be read or opened.
+    #[error("the origin signing keys could not be prepared: {0}")]
+    OriginKeys(#[from] OriginKeyError),
 }
 
 /// Pushes outbox records to one edge.
@@ -46,6 +54,9 @@ pub struct Replicator {
     http: reqwest::Client,
     sync_url: String,
     secret: Arc<SyncSecret>,
+    origin_keys: Option<OriginKeys>,
+    /// The newest signing-key version the edge has accepted (0: none yet).
+    delivered_key_version: Arc<AtomicI64>,
 }
 
 impl Replicator {
@@ -57,7 +68,38 @@ impl Replicator {
             .build()
             .unwrap_or_default();
         let sync_url = format!("{}{}", edge_url.trim_end_matches('/'), sync::SYNC_PATH);
-        Self { store, clock, http, sync_url, secret: Arc::new(secret) }
+        Self {
+            store,
+            clock,
+            http,
+            sync_url,
+            secret: Arc::new(secret),
+            origin_keys: None,
+            delivered_key_version: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Also keeps the edge supplied with the origin-token signing keys.
+    pub fn with_origin_keys(self, origin_keys: OriginKeys) -> Self {
+        Self { origin_keys: Some(origin_keys), ..self }
+    }
+
+    /// Pushes the signing keys the edge should hold, if it has not accepted the newest yet (or always,
+    /// with `force`).
+    async fn push_signing_keys(&self, force: bool) -> Result<(), PushError> {
+        let Some(origin_keys) = &self.origin_keys else {
+            return Ok(());
+        };
+        let delivered = self.delivered_key_version.load(Ordering::Acquire);
+        let newest = self.store.origin_keys().await?.last().map_or(0, |row| row.version);
+        if newest == 0 || (newest <= delivered && !force) {
+            return Ok(());
+        }
+        let (signing_keys, newest) = origin_keys.sealed_for_edge(&self.secret).await?;
+        self.send(&SyncPayload { records: Vec::new(), signing_keys }).await?;
+        self.delivered_key_version.fetch_max(newest, Ordering::AcqRel);
+        metrics::counter!("keygate_replication_signing_key_pushes_total").increment(1);
+        Ok(())
     }
 
     /// Sends `rows` as one signed push.
@@ -71,7 +113,12 @@ impl Replicator {
                 Ok(record)
             })
             .collect::<Result<Vec<_>, PushError>>()?;
-        let body = serde_json::to_vec(&SyncPayload { records }).map_err(|_| PushError::Corrupt(rows[0].seq))?;
+        self.send(&SyncPayload { records, signing_keys: Vec::new() }).await
+    }
+
+    /// Signs and sends one payload.
+    async fn send(&self, payload: &SyncPayload) -> Result<(), PushError> {
+        let body = serde_json::to_vec(payload).map_err(|_| PushError::Corrupt(0))?;
         let now = self.clock.now();
         let response = self
             .http
@@ -91,6 +138,7 @@ impl Replicator {
 
     /// Pushes everything undelivered, oldest first; returns how many records went.
     pub async fn drain(&self) -> Result<u64, PushError> {
+        self.push_signing_keys(false).await?;
         let mut sent = 0;
         loop {
             let rows = self.store.outbox_pending(BATCH).await?;
@@ -106,6 +154,7 @@ impl Replicator {
 
     /// Sends every key's current record (the edge ignores what it already holds); returns how many.
     pub async fn resync(&self) -> Result<u64, PushError> {
+        self.push_signing_keys(true).await?;
         let mut after = None;
         let mut sent = 0;
         loop {

@@ -20,12 +20,15 @@ use crate::audit::{verify_chain, AuditDraft, AuditEntry, ChainBreak};
 use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
 use crate::kms::{Kms, KmsContext, KmsError};
-use crate::store::{Change, KeyRow, Op, SecretRow, Store, StoreError};
+use crate::origin_keys::{self, OriginKeyError, OriginKeyPolicy, OriginKeyStatus, OriginKeys};
+use crate::store::{Change, KeyRow, Op, OriginKeyRow, SecretRow, Store, StoreError};
 
 /// Seconds in a day.
 const DAY: i64 = 86_400;
 /// Longest lifetime a key may be given.
 pub const MAX_EXPIRY_DAYS: i64 = 3_650;
+/// Longest wait a rotated origin signing key may be given before it signs.
+pub const MAX_ORIGIN_KEY_LEAD_SECS: i64 = 7 * DAY;
 /// Longest grace period a reroll may give the old secret.
 pub const MAX_GRACE_SECS: i64 = 30 * DAY;
 /// Rewrap calls in flight at once.
@@ -50,6 +53,8 @@ pub struct Settings {
     pub verify_cache_ms: i64,
     /// Bad keys one client address may send a minute before it is refused outright (0: no limit).
     pub failed_attempts_per_minute: u32,
+    /// How the origin's signing keys are published and retired.
+    pub origin_keys: OriginKeyPolicy,
 }
 
 impl Default for Settings {
@@ -62,6 +67,7 @@ impl Default for Settings {
             rewrap_batch: 256,
             verify_cache_ms: 1_000,
             failed_attempts_per_minute: keygate_shared::attempts::DEFAULT_LIMIT,
+            origin_keys: OriginKeyPolicy::default(),
         }
     }
 }
@@ -146,6 +152,17 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+impl From<OriginKeyError> for ServiceError {
+    fn from(error: OriginKeyError) -> Self {
+        match error {
+            OriginKeyError::Kms(error) => error.into(),
+            OriginKeyError::Store(error) => error.into(),
+            OriginKeyError::Sealed(error) => Self::Sealed(error),
+            OriginKeyError::Corrupt => Self::Internal(StoreError::Corrupt("origin signing key".into())),
+        }
+    }
+}
+
 impl From<KmsError> for ServiceError {
     fn from(error: KmsError) -> Self {
         match error {
@@ -164,6 +181,8 @@ pub enum Actor {
     Cli,
     /// A request without a usable admin key.
     Anonymous,
+    /// keygate itself, e.g. the first origin signing key made at start-up.
+    System,
 }
 
 impl Actor {
@@ -172,8 +191,18 @@ impl Actor {
             Self::Admin(id) => format!("admin:{id}"),
             Self::Cli => "cli".into(),
             Self::Anonymous => "anonymous".into(),
+            Self::System => "system".into(),
         }
     }
+}
+
+/// An origin signing key as the API shows it: public facts only.
+#[derive(Debug, Clone)]
+pub struct OriginKeyView {
+    /// The stored row (its private half sealed).
+    pub row: OriginKeyRow,
+    /// Where it is in its life.
+    pub status: OriginKeyStatus,
 }
 
 /// A request to create a key.
@@ -247,8 +276,9 @@ pub struct Service {
     store: Arc<dyn Store>,
     kms: Arc<dyn Kms>,
     clock: Arc<dyn Clock>,
-    rng: Mutex<Box<dyn CryptoRngCore + Send>>,
+    rng: Arc<Mutex<Box<dyn CryptoRngCore + Send>>>,
     settings: Settings,
+    origin_keys: OriginKeys,
     recent: RecentKeys,
     failed: Mutex<FailedAttempts>,
 }
@@ -330,12 +360,15 @@ impl Service {
     ) -> Self {
         let failed =
             FailedAttempts::new(settings.failed_attempts_per_minute, keygate_shared::attempts::DEFAULT_CAPACITY);
+        let rng = Arc::new(Mutex::new(rng));
+        let origin_keys = OriginKeys::new(store.clone(), kms.clone(), clock.clone(), rng.clone(), settings.origin_keys);
         Self {
             store,
             kms,
             clock,
-            rng: Mutex::new(rng),
+            rng,
             settings,
+            origin_keys,
             recent: RecentKeys::default(),
             failed: Mutex::new(failed),
         }
@@ -354,6 +387,11 @@ impl Service {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The origin signing keys, for the replicator.
+    pub fn origin_keys(&self) -> &OriginKeys {
+        &self.origin_keys
     }
 
     fn with_rng<T>(&self, f: impl FnOnce(&mut dyn CryptoRngCore) -> T) -> T {
@@ -403,6 +441,7 @@ impl Service {
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
             secrets: secrets.iter().filter(|s| s.is_live(now)).cloned().collect(),
+            owner: row.owner.clone(),
         };
         serde_json::to_string(&record).map_err(|_| ServiceError::Internal(StoreError::Corrupt("record".into())))
     }
@@ -425,6 +464,66 @@ impl Service {
             created_at: now,
             not_after: None,
         })
+    }
+
+    /// Makes a new origin signing key. It is published at once and signs from `activate_in_secs` from
+    /// now (the policy's publish lead when absent); the very first key signs at once, since nothing
+    /// else can.
+    pub async fn rotate_origin_key(
+        &self,
+        actor: &Actor,
+        activate_in_secs: Option<i64>,
+    ) -> Result<OriginKeyView, ServiceError> {
+        let lead = activate_in_secs.unwrap_or(self.settings.origin_keys.publish_lead_secs);
+        if !(0..=MAX_ORIGIN_KEY_LEAD_SECS).contains(&lead) {
+            return Err(ServiceError::invalid(
+                "invalid_activation",
+                format!("activate_in_secs must be between 0 and {MAX_ORIGIN_KEY_LEAD_SECS}"),
+            ));
+        }
+        let rows = self.origin_keys.rows().await?;
+        let now = self.clock.now();
+        let first = rows.is_empty();
+        let version = rows.last().map_or(1, |row| row.version + 1);
+        let row = self.origin_keys.make(version, if first { now } else { now + lead }).await?;
+        let audit = AuditDraft {
+            at: now,
+            actor: actor.label(),
+            action: "origin_key.rotate".into(),
+            key_id: None,
+            outcome: "ok".into(),
+            detail: json_text(
+                &json!({"kid": row.kid.to_string(), "version": version, "activates_at": row.activates_at}),
+            ),
+        };
+        self.commit(Change { audit, ops: vec![Op::InsertOriginKey(row.clone())], outbox: None }).await?;
+        let status = if row.activates_at <= now { OriginKeyStatus::Active } else { OriginKeyStatus::Pending };
+        Ok(OriginKeyView { row, status })
+    }
+
+    /// Makes the first origin signing key if there is none (at start-up): edges have one to sign with
+    /// before any operator thinks of it.
+    pub async fn ensure_origin_key(&self) -> Result<Option<OriginKeyView>, ServiceError> {
+        if !self.origin_keys.rows().await?.is_empty() {
+            return Ok(None);
+        }
+        self.rotate_origin_key(&Actor::System, Some(0)).await.map(Some)
+    }
+
+    /// Every origin signing key with its status now, oldest first.
+    pub async fn origin_key_views(&self) -> Result<Vec<OriginKeyView>, ServiceError> {
+        let rows = self.origin_keys.rows().await?;
+        let now = self.clock.now();
+        Ok(origin_keys::statuses(&rows, now, &self.settings.origin_keys)
+            .into_iter()
+            .map(|(row, status)| OriginKeyView { row: row.clone(), status })
+            .collect())
+    }
+
+    /// The JWKS document origins verify tokens against.
+    pub async fn jwks(&self) -> Result<serde_json::Value, ServiceError> {
+        let rows = self.origin_keys.rows().await?;
+        Ok(origin_keys::jwks(&rows, self.clock.now(), &self.settings.origin_keys))
     }
 
     /// Creates a key; the returned [`ApiKey`] is the only time its text is available without reveal.
@@ -629,6 +728,7 @@ impl Service {
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
             secrets: known.secrets.clone(),
+            owner: None,
         };
         Ok(record.check(&parsed, self.clock.now()).is_ok().then(|| row.clone()))
     }
@@ -774,8 +874,16 @@ impl Service {
             done += self.store.rewrap_secrets(&updates).await?;
             progress(done, total.max(done));
         }
+        // The origin signing keys are few: all of them move in the finishing transaction.
+        let mut origin_keys = Vec::new();
+        for row in self.origin_keys.rows().await? {
+            let wrapped = self.kms.rewrap(&row.wrapped(), &KmsContext::origin_signing_key(row.kid)).await?;
+            origin_keys.push(Op::RewrapOriginKey { version: row.version, wrapped });
+        }
         let finished = self.clock.now();
         self.store.rewrap_finish(run.id, finished).await?;
+        let detail =
+            json!({"run": run.id, "rewrapped": done, "origin_keys": origin_keys.len(), "kms_key_id": run.kms_key_id});
         self.commit(Change {
             audit: AuditDraft {
                 at: finished,
@@ -783,9 +891,9 @@ impl Service {
                 action: "kms.rewrap.finish".into(),
                 key_id: None,
                 outcome: "ok".into(),
-                detail: json_text(&json!({"run": run.id, "rewrapped": done, "kms_key_id": run.kms_key_id})),
+                detail: json_text(&detail),
             },
-            ops: vec![],
+            ops: origin_keys,
             outbox: None,
         })
         .await?;

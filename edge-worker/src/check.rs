@@ -34,10 +34,9 @@ pub struct Incoming<'a> {
 /// A request allowed through, and what to tell the origin and the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
-    /// The key's id.
-    pub key_id: KeyId,
-    /// The key's tier.
-    pub tier: String,
+    /// The key's record as the check read it: its id, tier, permissions, owner and `seq` are what the
+    /// origin is told (the headers and the JWT's claims).
+    pub record: KeyRecord,
     /// The window's limit.
     pub limit: u32,
     /// Requests left in the window.
@@ -113,9 +112,7 @@ pub async fn check<R: RecordSource>(
     record.permissions.check_request(&operations, body.is_batch()).map_err(Refused::Forbidden)?;
 
     match admit(record.key_id, tiers.limit(&record.tier), now) {
-        Decision::Allowed { limit, remaining } => {
-            Ok(Admitted { key_id: record.key_id, tier: record.tier, limit, remaining })
-        }
+        Decision::Allowed { limit, remaining } => Ok(Admitted { record, limit, remaining }),
         Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
     }
 }

@@ -4,9 +4,11 @@
 
 pub mod check;
 pub mod graphql;
+pub mod identity;
 pub mod ratelimit;
 pub mod recent;
 pub mod replica;
+pub mod signing_keys;
 #[cfg(target_arch = "wasm32")]
 mod worker;
 

@@ -113,6 +113,7 @@ mod tests {
             expires_at: None,
             revoked,
             secrets: vec![],
+            owner: None,
         }
     }
 

@@ -7,17 +7,26 @@
 //! and `FAILED_ATTEMPTS_PER_MINUTE` (bad keys one client address may send a minute before it is
 //! refused outright; 20 by default, 0 for no limit);
 //! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
+//!
+//! The origin's JWT (`Authorization: Bearer`, see [`crate::identity`]): vars `ORIGIN_JWT_ALG` (`ES256`,
+//! the default, signs with the control plane's key pushed to the edge and held sealed in KV under
+//! `keygate:signing-keys`; `HS256` signs with `ORIGIN_SECRET`), `ORIGIN_JWT_ISSUER` (`keygate`),
+//! `ORIGIN_JWT_AUDIENCE` (`graphql`), `ORIGIN_JWT_TTL_SECS` (60) and `ORIGIN_JWT_REUSE_SECS` (0 to 10,
+//! 10 by default: how long an isolate reuses one key's token; 0 signs every request).
 
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
-use keygate_shared::{attempts, origin, sync, FailedAttempts, KeyRecord, OriginSecret, SyncSecret};
+use keygate_shared::jwt::JTI_LEN;
+use keygate_shared::{attempts, origin, sync, FailedAttempts, KeyRecord, OriginSecret, SealedSigningKey, SyncSecret};
 use worker::{event, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result};
 
 use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, Refused, StoreFault};
+use crate::identity::{forwards_client_header, IdentityConfig, OriginIdentity};
 use crate::ratelimit::{RateLimiter, Tiers};
 use crate::recent::RecentRecords;
 use crate::replica::{apply_push, push_refusal_response, RecordStore};
+use crate::signing_keys::{SigningKeyStore, SIGNING_KEYS_NAME};
 
 /// The KV binding that holds the records.
 const RECORDS: &str = "KEYGATE_RECORDS";
@@ -31,6 +40,8 @@ thread_local! {
     static FAILED: RefCell<FailedAttempts> = RefCell::new(FailedAttempts::default());
     // The vars do not change within an isolate: read once.
     static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
+    // The origin's JWT: its settings, the opened signing key and the recent tokens. Set up on first use.
+    static IDENTITY: RefCell<Option<OriginIdentity>> = const { RefCell::new(None) };
 }
 
 /// Records in KV, read and written as they are: what a push compares and stores.
@@ -70,6 +81,29 @@ impl RecordStore for KvRecords {
     }
 }
 
+impl SigningKeyStore for KvRecords {
+    async fn signing_keys(&self) -> std::result::Result<Vec<SealedSigningKey>, StoreFault> {
+        match self.0.get(SIGNING_KEYS_NAME).text().await {
+            Ok(Some(text)) => serde_json::from_str(&text).map_err(|e| StoreFault(e.to_string())),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(StoreFault(e.to_string())),
+        }
+    }
+
+    async fn store_signing_keys(&self, keys: &[SealedSigningKey]) -> std::result::Result<(), StoreFault> {
+        let text = serde_json::to_string(keys).map_err(|e| StoreFault(e.to_string()))?;
+        let put = self.0.put(SIGNING_KEYS_NAME, text).map_err(|e| StoreFault(e.to_string()))?;
+        put.execute().await.map_err(|e| StoreFault(e.to_string()))?;
+        // This isolate signs with the new keys at once; the others read them within REREAD_MS.
+        IDENTITY.with(|held| {
+            if let Some(identity) = held.borrow_mut().as_mut() {
+                identity.keys_mut().replace(keys.to_vec(), now_ms());
+            }
+        });
+        Ok(())
+    }
+}
+
 fn now_ms() -> i64 {
     Date::now().as_millis() as i64
 }
@@ -97,6 +131,60 @@ fn tiers(env: &Env) -> Rc<Tiers> {
             Rc::new(env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default())
         })
         .clone()
+    })
+}
+
+/// Runs `f` on the isolate's origin identity, set up from the vars and secrets on first use.
+fn with_identity<T>(env: &Env, f: impl FnOnce(&mut OriginIdentity) -> T) -> T {
+    IDENTITY.with(|held| {
+        let mut held = held.borrow_mut();
+        let identity = held.get_or_insert_with(|| {
+            let (config, invalid) = IdentityConfig::from_vars(|name| env.var(name).ok().map(|v| v.to_string()));
+            for name in invalid {
+                worker::console_error!("keygate: the var {name} is not valid; using its default");
+            }
+            let origin_secret = env.secret("ORIGIN_SECRET").ok().map(|s| OriginSecret::new(s.to_string()));
+            let sync_secret = env.secret("SYNC_SECRET").ok().map(|s| SyncSecret::new(s.to_string()));
+            OriginIdentity::new(config, origin_secret, sync_secret)
+        });
+        f(identity)
+    })
+}
+
+/// A `jti`'s randomness, from the runtime's CSPRNG (`crypto.getRandomValues`).
+fn random_jti() -> Option<[u8; JTI_LEN]> {
+    let mut jti = [0u8; JTI_LEN];
+    getrandom::getrandom(&mut jti).ok().map(|()| jti)
+}
+
+/// The origin's JWT for the key `record` describes, or `None` if this edge cannot sign one (the cause
+/// is logged once per isolate; see [`crate::identity`] for why the request still goes on).
+async fn origin_token(env: &Env, record: &KeyRecord) -> Option<Rc<str>> {
+    let read_keys = with_identity(env, |identity| {
+        let needed = identity.needs_keys(now_ms());
+        if needed {
+            identity.keys_mut().reading(now_ms());
+        }
+        needed
+    });
+    if read_keys {
+        let read = match env.kv(RECORDS) {
+            Ok(kv) => KvRecords(kv).signing_keys().await,
+            Err(e) => Err(StoreFault(e.to_string())),
+        };
+        with_identity(env, |identity| match read {
+            Ok(keys) => identity.keys_mut().replace(keys, now_ms()),
+            Err(_) => identity.keys_mut().read_failed(now_ms()),
+        });
+    }
+    with_identity(env, |identity| match identity.token(record, now_ms(), random_jti) {
+        Ok(token) => Some(token),
+        Err(cause) => {
+            if identity.first_report(cause) {
+                worker::console_error!("{}", cause.message());
+            }
+            None
+        }
     })
 }
 
@@ -175,8 +263,9 @@ async fn guard(mut request: Request, env: Env) -> Result<Response> {
     }
 }
 
-/// Sends the admitted request on: same method, path, query and body; `X-API-Key` and any identity
-/// headers the client sent removed; the verified identity added and signed.
+/// Sends the admitted request on: same method, path, query and body; `X-API-Key`, `Authorization` and
+/// any identity headers the client sent removed; the verified identity added and signed, as headers and
+/// as the origin's JWT.
 async fn forward(
     request: &Request,
     env: &Env,
@@ -192,19 +281,22 @@ async fn forward(
     }
     let headers = Headers::new();
     for (name, value) in request.headers().entries() {
-        if name == "x-api-key" || name == "host" || name.starts_with("x-keygate-") {
-            continue;
+        if forwards_client_header(&name) {
+            headers.append(&name, &value)?;
         }
-        headers.append(&name, &value)?;
     }
-    let key_id = admitted.key_id.to_string();
+    let record = &admitted.record;
+    let key_id = record.key_id.to_string();
     let signed_at = now();
     headers.set(origin::KEY_ID_HEADER, &key_id)?;
-    headers.set(origin::TIER_HEADER, &admitted.tier)?;
+    headers.set(origin::TIER_HEADER, &record.tier)?;
     headers.set(origin::TIMESTAMP_HEADER, &signed_at.to_string())?;
     if let Ok(secret) = env.secret("ORIGIN_SECRET") {
-        let signature = OriginSecret::new(secret.to_string()).sign(signed_at, &key_id, &admitted.tier);
+        let signature = OriginSecret::new(secret.to_string()).sign(signed_at, &key_id, &record.tier);
         headers.set(origin::SIGNATURE_HEADER, &signature)?;
+    }
+    if let Some(token) = origin_token(env, record).await {
+        headers.set("authorization", &format!("Bearer {token}"))?;
     }
     let mut init = RequestInit::new();
     init.with_method(request.method()).with_headers(headers);

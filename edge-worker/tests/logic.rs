@@ -14,9 +14,10 @@ use keygate_edge::check::{check, refusal_response, Admitted, Incoming, RecordSou
 use keygate_edge::graphql::ClassifyError;
 use keygate_edge::ratelimit::{RateLimiter, Tiers};
 use keygate_edge::replica::{apply_push, Applied, PushRefused, RecordStore};
+use keygate_edge::signing_keys::SigningKeyStore;
 use keygate_shared::{
-    ApiKey, Denial, KeyId, KeyRecord, KeySecret, OperationKind, PermissionSet, Prefix, Region, SecretEntry, SyncError,
-    SyncPayload, SyncSecret,
+    ApiKey, Denial, KeyId, KeyRecord, KeySecret, OperationKind, PermissionSet, Prefix, Region, SealedSigningKey,
+    SecretEntry, SyncError, SyncPayload, SyncSecret,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -32,6 +33,7 @@ fn run<T>(future: impl Future<Output = T>) -> T {
 #[derive(Default)]
 struct MemoryRecords {
     records: RefCell<HashMap<String, KeyRecord>>,
+    signing_keys: RefCell<Vec<SealedSigningKey>>,
     reads: Cell<usize>,
     down: Cell<bool>,
 }
@@ -53,6 +55,17 @@ impl RecordStore for MemoryRecords {
     }
 }
 
+impl SigningKeyStore for MemoryRecords {
+    async fn signing_keys(&self) -> Result<Vec<SealedSigningKey>, StoreFault> {
+        Ok(self.signing_keys.borrow().clone())
+    }
+
+    async fn store_signing_keys(&self, keys: &[SealedSigningKey]) -> Result<(), StoreFault> {
+        *self.signing_keys.borrow_mut() = keys.to_vec();
+        Ok(())
+    }
+}
+
 fn key(id: u128, secret: u8) -> ApiKey {
     ApiKey::assemble(&Prefix::default(), &Region::default(), KeyId::from_u128(id), &KeySecret::from_bytes([secret; 32]))
 }
@@ -66,6 +79,7 @@ fn record(key: &ApiKey, permissions: &[&str], tier: &str) -> KeyRecord {
         expires_at: Some(NOW + 1_000),
         revoked: false,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
+        owner: None,
     }
 }
 
@@ -119,7 +133,8 @@ fn a_good_key_is_admitted_with_its_identity() {
     let good = key(1, 1);
     let edge = Edge::with(vec![record(&good, &["query:read"], "premium")]);
     let admitted = edge.post(Some(good.expose()), QUERY, NOW).unwrap();
-    assert_eq!(admitted, Admitted { key_id: good.key_id(), tier: "premium".into(), limit: 100, remaining: 99 });
+    let expected = record(&good, &["query:read"], "premium");
+    assert_eq!(admitted, Admitted { record: expected, limit: 100, remaining: 99 });
 }
 
 #[test]
@@ -248,7 +263,7 @@ fn push(
     signed_at: i64,
     now: i64,
 ) -> Result<Applied, PushRefused> {
-    let body = serde_json::to_vec(&SyncPayload { records }).unwrap();
+    let body = serde_json::to_vec(&SyncPayload { records, signing_keys: vec![] }).unwrap();
     let signature = secret.sign(signed_at, &body);
     run(apply_push(store, secret, Some(&signed_at.to_string()), Some(&signature), &body, now))
 }
@@ -263,13 +278,22 @@ fn pushes_apply_only_newer_records_so_a_revocation_is_never_undone() {
     let mut revoked = live.clone();
     revoked.seq = 7;
     revoked.revoked = true;
-    assert_eq!(push(&store, &secret, vec![live.clone()], NOW, NOW), Ok(Applied { applied: 1, ignored: 0 }));
-    assert_eq!(push(&store, &secret, vec![revoked.clone()], NOW, NOW), Ok(Applied { applied: 1, ignored: 0 }));
+    assert_eq!(
+        push(&store, &secret, vec![live.clone()], NOW, NOW),
+        Ok(Applied { applied: 1, ignored: 0, signing_keys: 0 })
+    );
+    assert_eq!(
+        push(&store, &secret, vec![revoked.clone()], NOW, NOW),
+        Ok(Applied { applied: 1, ignored: 0, signing_keys: 0 })
+    );
     // A replay of the older push, and a reordered batch, change nothing.
-    assert_eq!(push(&store, &secret, vec![live.clone()], NOW, NOW), Ok(Applied { applied: 0, ignored: 1 }));
+    assert_eq!(
+        push(&store, &secret, vec![live.clone()], NOW, NOW),
+        Ok(Applied { applied: 0, ignored: 1, signing_keys: 0 })
+    );
     assert_eq!(
         push(&store, &secret, vec![revoked.clone(), live], NOW + 1, NOW + 1),
-        Ok(Applied { applied: 0, ignored: 2 })
+        Ok(Applied { applied: 0, ignored: 2, signing_keys: 0 })
     );
     assert!(store.records.borrow()[&client.key_id().to_string()].revoked);
 }
@@ -278,7 +302,7 @@ fn pushes_apply_only_newer_records_so_a_revocation_is_never_undone() {
 fn forged_stale_or_unsigned_pushes_are_refused() {
     let secret = SyncSecret::new("sync-secret");
     let forged = record(&key(1, 1), &["*"], "default");
-    let body = serde_json::to_vec(&SyncPayload { records: vec![forged.clone()] }).unwrap();
+    let body = serde_json::to_vec(&SyncPayload { records: vec![forged.clone()], signing_keys: vec![] }).unwrap();
     let guessed = SyncSecret::new("guess").sign(NOW, &body);
     let stamp = NOW.to_string();
     let fresh = MemoryRecords::default();

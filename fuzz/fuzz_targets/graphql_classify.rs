@@ -70,6 +70,7 @@ fn fixture() -> &'static Fixture {
                     expires_at: Some(NOW + 1_000),
                     revoked: false,
                     secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
+                    owner: None,
                 })
             })
             .collect();
@@ -117,7 +118,7 @@ fn assert_consistent(
             if body.is_batch() {
                 assert!(u32::try_from(body.len()).is_ok_and(|size| size <= permissions.max_batch()));
             }
-            assert_eq!(admitted.tier, "default");
+            assert_eq!(admitted.record.tier, "default");
         }
         Err(Refused::BadRequest(error)) => {
             let agrees = match &body {

@@ -20,9 +20,10 @@ use std::task::{Context, Poll, Waker};
 
 use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::replica::{apply_push, Applied, PushRefused, RecordStore};
+use keygate_edge::signing_keys::SigningKeyStore;
 use keygate_shared::sync::MAX_CLOCK_SKEW_SECS;
 use keygate_shared::{
-    ApiKey, KeyId, KeyRecord, KeySecret, PermissionSet, Prefix, Region, SecretEntry, SyncPayload, SyncSecret,
+    ApiKey, KeyId, KeyRecord, KeySecret, PermissionSet, Prefix, Region, SealedSigningKey, SecretEntry, SyncPayload, SyncSecret,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -33,11 +34,22 @@ const KEY_IDS: [u128; 5] = [1, 2, 3, 4, 5];
 
 /// The edge's records, in memory; answers at once.
 #[derive(Default)]
-struct MemoryRecords(RefCell<HashMap<String, KeyRecord>>);
+struct MemoryRecords(RefCell<HashMap<String, KeyRecord>>, RefCell<Vec<SealedSigningKey>>);
 
 impl RecordSource for MemoryRecords {
     async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault> {
         Ok(self.0.borrow().get(key_id).cloned())
+    }
+}
+
+impl SigningKeyStore for MemoryRecords {
+    async fn signing_keys(&self) -> Result<Vec<SealedSigningKey>, StoreFault> {
+        Ok(self.1.borrow().clone())
+    }
+
+    async fn store_signing_keys(&self, keys: &[SealedSigningKey]) -> Result<(), StoreFault> {
+        *self.1.borrow_mut() = keys.to_vec();
+        Ok(())
     }
 }
 
@@ -67,6 +79,7 @@ fn record(id: u128, seq: u64, revoked: bool) -> KeyRecord {
         expires_at: Some(NOW + 1_000),
         revoked,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
+        owner: None,
     }
 }
 
@@ -100,17 +113,17 @@ fn structured_payload(data: &[u8]) -> SyncPayload {
             record(KEY_IDS[usize::from(chunk[0]) % KEY_IDS.len()], seq, chunk[2] & 1 == 1)
         })
         .collect();
-    SyncPayload { records }
+    SyncPayload { records, signing_keys: Vec::new() }
 }
 
 /// Signs `body` correctly, applies it to a store holding [`held`], and checks what changed.
 fn push_and_check(secret: &SyncSecret, body: &[u8]) {
-    let store = MemoryRecords(RefCell::new(held().clone()));
+    let store = MemoryRecords(RefCell::new(held().clone()), RefCell::default());
     let signature = secret.sign(NOW, body);
     let outcome = run(apply_push(&store, secret, Some(&NOW.to_string()), Some(&signature), body, NOW));
     let after = store.0.into_inner();
     match outcome {
-        Ok(Applied { applied, ignored }) => {
+        Ok(Applied { applied, ignored, .. }) => {
             let Ok(payload) = serde_json::from_slice::<SyncPayload>(body) else {
                 panic!("applied a push whose body does not decode");
             };

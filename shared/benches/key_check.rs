@@ -31,6 +31,7 @@ fn fixtures() -> (String, String, KeyRecord) {
             SecretEntry { hash: key.hash(), not_after: None },
             SecretEntry { hash: old.hash(), not_after: Some(1_900_000_000) },
         ],
+        owner: None,
     };
     let text = key.expose().to_owned();
     // Flip the last checksum digit: same length and alphabet, wrong checksum.

@@ -58,8 +58,13 @@ impl OriginSecret {
         Self(Zeroizing::new(bytes.into()))
     }
 
+    /// HMAC-SHA256 keyed with the secret: the identity headers' signature, and HS256 tokens.
+    pub(crate) fn keyed_hmac(&self) -> Hmac<Sha256> {
+        keyed_hmac(&self.0)
+    }
+
     fn mac(&self, timestamp: &str, key_id: &str, tier: &str) -> Hmac<Sha256> {
-        let mut mac = keyed_hmac(&self.0);
+        let mut mac = self.keyed_hmac();
         for part in [b"keygate-origin-v1".as_slice(), timestamp.as_bytes(), key_id.as_bytes(), tier.as_bytes()] {
             mac.update(part);
             mac.update(b"\n");

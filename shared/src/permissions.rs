@@ -51,11 +51,14 @@ pub enum AdminScope {
     AuditRead,
     /// `admin:kms`: rewrap data keys.
     Kms,
+    /// `admin:origin-keys`: rotate the keys that sign the origin's JWTs.
+    OriginKeys,
 }
 
 impl AdminScope {
     /// Every scope, for tables and tests.
-    pub const ALL: [AdminScope; 5] = [Self::KeysRead, Self::KeysWrite, Self::Reveal, Self::AuditRead, Self::Kms];
+    pub const ALL: [AdminScope; 6] =
+        [Self::KeysRead, Self::KeysWrite, Self::Reveal, Self::AuditRead, Self::Kms, Self::OriginKeys];
 
     /// The permission string.
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl AdminScope {
             Self::Reveal => "admin:reveal",
             Self::AuditRead => "admin:audit:read",
             Self::Kms => "admin:kms",
+            Self::OriginKeys => "admin:origin-keys",
         }
     }
 }
@@ -123,7 +127,7 @@ impl fmt::Display for PermissionError {
             Self::Malformed => "a permission is 1 to 64 characters of [a-z0-9_*.-] in ':'-separated segments",
             Self::BadBatchSize => "batch:N needs N to be a whole number from 1 to 4294967295",
             Self::UnknownAdminScope => {
-                "admin scopes are admin:*, admin:keys:read, admin:keys:write, admin:reveal, admin:audit:read, admin:kms"
+                "admin scopes are admin:*, admin:keys:read, admin:keys:write, admin:reveal, admin:audit:read, admin:kms, admin:origin-keys"
             }
         })
     }

@@ -46,6 +46,10 @@ pub struct KeyRecord {
     pub revoked: bool,
     /// Every generation whose secret may still work: the current one and those in their grace period.
     pub secrets: Vec<SecretEntry>,
+    /// Who the key belongs to, if anyone: the origin sees it as the JWT's `tenant_id`. Absent from
+    /// records replicated before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Why a well-formed key is refused by its record. The edge answers every one the same way.
@@ -139,6 +143,7 @@ mod tests {
             expires_at: Some(1_000),
             revoked: false,
             secrets,
+            owner: None,
         }
     }
 

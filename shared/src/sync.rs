@@ -13,6 +13,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::record::KeyRecord;
+use crate::signing_key::SealedSigningKey;
 
 /// The path the edge receives pushes on.
 pub const SYNC_PATH: &str = "/_keygate/sync";
@@ -28,6 +29,10 @@ pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 pub struct SyncPayload {
     /// Records in outbox order.
     pub records: Vec<KeyRecord>,
+    /// The origin-token signing keys the edge should hold: the active one and any published but not
+    /// yet active, sealed under a key derived from the sync secret. Absent when unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SealedSigningKey>,
 }
 
 /// The secret shared by the control plane and the edge. Wiped on drop; `Debug` prints nothing of it.
@@ -66,6 +71,15 @@ impl SyncSecret {
         hex::decode_to_slice(signature, &mut tag).map_err(|_| SyncError::BadSignature)?;
         self.mac(timestamp, body).verify_slice(&tag).map_err(|_| SyncError::BadSignature)?;
         Ok(signed_at)
+    }
+
+    /// A 256-bit key for one purpose, named by `info`, derived from the secret with HKDF-SHA256: a
+    /// key derived for one purpose says nothing of the secret or of a key for another.
+    pub(crate) fn derive_key(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit: expand cannot fail.
+        let _ = hkdf::Hkdf::<Sha256>::new(None, &self.0).expand(info, key.as_mut_slice());
+        key
     }
 }
 

@@ -103,6 +103,7 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
         expires_at: Some(now() - 1),
         revoked: false,
         secrets: vec![SecretEntry { hash: expired.hash(), not_after: None }],
+        owner: None,
     };
     assert_eq!(push(&edge, vec![expired_record], now(), SYNC_SECRET).await.0, 200);
     let answers: Vec<(u16, String)> =
@@ -143,6 +144,7 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
         expires_at: None,
         revoked: false,
         secrets: vec![SecretEntry { hash: keygate_shared::SecretHash::of_key(&revoked), not_after: None }],
+        owner: None,
     };
     assert_eq!(push(&edge, vec![resurrected.clone()], now(), "guessed-secret").await.0, 401);
     assert_eq!(push(&edge, vec![resurrected.clone()], now() - 301, SYNC_SECRET).await.0, 401);

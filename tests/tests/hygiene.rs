@@ -357,6 +357,7 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
             secrets: Some((&sync_secret, &origin_secret)),
             log_level: Some("debug"),
             dir: Some(&edge_dir),
+            port: None,
         },
     );
     let mut keygate = Keygate::new(&dir, Some((&edge.url, &sync_secret)));
@@ -495,6 +496,16 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
     keygate.run(&["keys", "list"], None, false);
     keygate.run(&["keys", "show", &reader_id], None, false);
     keygate.run(&["edge", "resync"], None, false);
+    // The origin signing keys: a rotation through the API and the CLI, the list, and the JWKS.
+    let (status, rotated) = admin(&server, "POST", "/admin/origin-keys/rotate", root_key, None).await;
+    assert_eq!(status, 201, "{rotated}");
+    keygate.run(&["origin-keys", "rotate", "--activate-in-secs", "0"], None, false);
+    keygate.run(&["origin-keys", "list"], None, false);
+    let jwks: Value =
+        http().get(format!("{}/.well-known/jwks.json", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 3, "{jwks}");
+    let (status, _, _) = through_edge_at(&edge, "/graphql", Some(&reader_key_3), QUERY).await;
+    assert_eq!(status, 200);
     let inspected = keygate.run(&["key", "inspect", "-"], Some(&reader_key_3), false);
     let inspected: Value = serde_json::from_str(&inspected).unwrap();
     assert_eq!(inspected["valid"], true, "{inspected}");
@@ -504,6 +515,7 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
     edge.stop();
 
     // What must appear nowhere.
+    let mut logs_extra: Vec<(String, String)> = Vec::new();
     let mut secrets: Vec<Secret> = Vec::new();
     for (what, key) in &keys {
         secrets.push(Secret { what: format!("{what} ({})", key_id_of(key)), forms: vec![key.clone().into_bytes()] });
@@ -526,6 +538,36 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
         format!("{master:?}").into_bytes(),
     ];
     secrets.push(Secret { what: "master key".into(), forms: master_forms });
+    // The origin signing keys' private scalars, opened as the control plane would open them.
+    let store =
+        keygate_control_plane::store::connect(&format!("sqlite://{}", dir.join("keygate.db").display())).await.unwrap();
+    let kms: std::sync::Arc<dyn keygate_control_plane::kms::Kms> =
+        std::sync::Arc::new(keygate_control_plane::kms::local::LocalKms::open_or_create(&master_file).unwrap());
+    let opener = keygate_control_plane::service::Service::new(
+        store.clone(),
+        kms,
+        std::sync::Arc::new(keygate_control_plane::clock::SystemClock),
+        Box::new(OsRng),
+        keygate_control_plane::service::Settings::default(),
+    );
+    let signing_rows = store.origin_keys().await.unwrap();
+    assert_eq!(signing_rows.len(), 3);
+    for row in &signing_rows {
+        let scalar = opener.origin_keys().open(row).await.unwrap().to_scalar();
+        let scalar_hex = hex_lower(scalar.as_slice());
+        secrets.push(Secret {
+            what: format!("origin signing key {}", row.kid),
+            forms: vec![
+                scalar.to_vec(),
+                scalar_hex.clone().into_bytes(),
+                scalar_hex.to_ascii_uppercase().into_bytes(),
+                base64(scalar.as_slice(), false).trim_end_matches('=').as_bytes().to_vec(),
+                base64(scalar.as_slice(), true).trim_end_matches('=').as_bytes().to_vec(),
+            ],
+        });
+    }
+    store.close().await;
+    logs_extra.push(("the JWKS".into(), jwks.to_string()));
 
     // Every log: the server's, wrangler's output and its debug log file, and the CLI's.
     let server_log = without_ansi(&std::fs::read_to_string(&cp_log).unwrap());
@@ -543,6 +585,7 @@ async fn no_secret_reaches_a_log_the_database_or_the_edge_kv() {
     }
     let audit_text = audit.to_string();
     logs.push(("audit log (GET /admin/audit-log)".into(), audit_text.clone()));
+    logs.append(&mut logs_extra);
 
     // The logs are real: the server logged at trace, with the key ids of the requests it served, and
     // wrangler logged the requests and pushes it saw.

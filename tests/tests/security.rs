@@ -163,6 +163,7 @@ fn record(key: &ApiKey, seq: u64, permissions: &[&str], revoked: bool, expires_a
         expires_at,
         revoked,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
+        owner: None,
     }
 }
 

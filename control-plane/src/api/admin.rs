@@ -28,7 +28,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn authorize(state: &AppState, headers: &HeaderMap, scope: AdminScope, action: &str) -> Result<Actor, ApiError> {
+pub(crate) async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: AdminScope,
+    action: &str,
+) -> Result<Actor, ApiError> {
     Ok(state.service.authenticate(bearer(headers), scope, action).await?)
 }
 
@@ -301,7 +306,7 @@ pub struct RotatedResponse {
 }
 
 /// An optional JSON body: absent (no bytes) means the default.
-async fn optional_body<T: serde::de::DeserializeOwned + Default>(
+pub(crate) async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     request: axum::extract::Request,
     state: &AppState,
 ) -> Result<T, ApiError> {

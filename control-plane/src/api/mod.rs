@@ -4,6 +4,7 @@ pub mod admin;
 pub mod error;
 mod limits;
 pub mod ops;
+pub mod origin_keys;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -132,6 +133,9 @@ pub fn routes() -> Vec<RouteSpec> {
         RouteSpec::get("/admin/audit-log", Admin(AdminScope::AuditRead), admin::audit_log),
         // A rewrap may run for minutes.
         RouteSpec::post("/admin/kms/rewrap", Admin(AdminScope::Kms), admin::rewrap).untimed(),
+        RouteSpec::get("/admin/origin-keys", Admin(AdminScope::OriginKeys), origin_keys::list),
+        RouteSpec::post("/admin/origin-keys/rotate", Admin(AdminScope::OriginKeys), origin_keys::rotate),
+        RouteSpec::get("/.well-known/jwks.json", Public, origin_keys::jwks),
         RouteSpec::post("/v1/keys/verify", Public, ops::verify),
         RouteSpec::get("/healthz", Public, ops::healthz),
         RouteSpec::get("/readyz", Public, ops::readyz),

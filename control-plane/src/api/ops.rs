@@ -88,6 +88,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     paths(
         super::admin::create_key, super::admin::list_keys, super::admin::show_key, super::admin::rotate_key,
         super::admin::revoke_key, super::admin::reveal_key, super::admin::audit_log, super::admin::rewrap,
+        super::origin_keys::list, super::origin_keys::rotate, super::origin_keys::jwks,
         verify, healthz, readyz, metrics, openapi
     ),
     modifiers(&BearerAuth)

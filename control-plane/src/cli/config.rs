@@ -16,6 +16,7 @@ use crate::kms::aws::AwsKms;
 use crate::kms::cache::{CacheLimits, CachingKms};
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
+use crate::origin_keys::OriginKeyPolicy;
 use crate::service::{Service, Settings};
 use crate::store;
 
@@ -67,6 +68,16 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_FAILED_ATTEMPTS_PER_MINUTE", default_value_t = keygate_shared::attempts::DEFAULT_LIMIT,
           global = true)]
     pub failed_attempts_per_minute: u32,
+    /// Seconds a new origin signing key is published in the JWKS before edges sign with it; also the
+    /// JWKS's `Cache-Control: max-age`.
+    #[arg(long, env = "KEYGATE_ORIGIN_KEY_PUBLISH_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(i64).range(0..=86_400), global = true)]
+    pub origin_key_publish_secs: i64,
+    /// The edges' token lifetime (the worker's `ORIGIN_JWT_TTL_SECS`): a retired signing key stays in
+    /// the JWKS until its last token has expired.
+    #[arg(long, env = "KEYGATE_ORIGIN_TOKEN_TTL_SECS", default_value_t = keygate_shared::jwt::DEFAULT_TTL_SECS,
+          value_parser = clap::value_parser!(i64).range(1..=86_400), global = true)]
+    pub origin_token_ttl_secs: i64,
     /// Prefix of new keys, `[a-z][a-z0-9]{1,15}`.
     #[arg(long, visible_alias = "prefix", env = "KEYGATE_KEY_PREFIX", default_value_t = Prefix::default(), global = true)]
     pub key_prefix: Prefix,
@@ -170,6 +181,10 @@ impl Config {
             region: self.region.clone(),
             verify_cache_ms: self.verify_cache_ms,
             failed_attempts_per_minute: self.failed_attempts_per_minute,
+            origin_keys: OriginKeyPolicy {
+                publish_lead_secs: self.origin_key_publish_secs,
+                token_ttl_secs: self.origin_token_ttl_secs,
+            },
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))

@@ -20,14 +20,14 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn print_json(out: &mut dyn Write, value: &impl Serialize) -> ExitCode {
+pub(super) fn print_json(out: &mut dyn Write, value: &impl Serialize) -> ExitCode {
     match serde_json::to_string_pretty(value).map(|json| writeln!(out, "{json}")) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         _ => ExitCode::from(2),
     }
 }
 
-async fn open(config: &Config) -> Result<Arc<Service>, ExitCode> {
+pub(super) async fn open(config: &Config) -> Result<Arc<Service>, ExitCode> {
     config.service().await.map_err(fail)
 }
 
@@ -45,7 +45,7 @@ fn key_id(text: &str) -> Result<KeyId, ExitCode> {
     text.parse().map_err(|_| fail(format!("{text:?} is not an api_key_id (22 base62 characters)")))
 }
 
-fn report(error: ServiceError) -> ExitCode {
+pub(super) fn report(error: ServiceError) -> ExitCode {
     fail(format!("{error} ({})", error.code()))
 }
 
@@ -53,12 +53,19 @@ fn report(error: ServiceError) -> ExitCode {
 fn replicator(config: &Config, service: &Service) -> Option<Replicator> {
     let edge_url = config.edge_url.as_deref()?;
     let secret = config.sync_secret.clone()?;
-    Some(Replicator::new(service.store().clone(), service.clock().clone(), edge_url, secret))
+    let replicator = Replicator::new(service.store().clone(), service.clock().clone(), edge_url, secret);
+    Some(replicator.with_origin_keys(service.origin_keys().clone()))
 }
 
 /// `keygate serve`: the admin API, and replication to the edge when `--edge-url` is set.
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
     let service = open_or_return!(config);
+    // Edges need a key to sign the origin's tokens with; the first is made here, not by an operator.
+    match service.ensure_origin_key().await {
+        Ok(Some(made)) => tracing::info!(kid = %made.row.kid, "made the first origin signing key"),
+        Ok(None) => {}
+        Err(e) => return report(e),
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod key;
 pub mod manage;
+pub mod origin_keys;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: manage::EdgeCommand,
     },
+    /// The keys that sign the origin's JWTs.
+    OriginKeys {
+        #[command(subcommand)]
+        command: origin_keys::OriginKeysCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -81,6 +87,7 @@ impl Cli {
             Command::Kms { command } => command.run(&config, out).await,
             Command::Edge { command } => command.run(&config, out).await,
             Command::Audit { command } => command.run(&config, out).await,
+            Command::OriginKeys { command } => command.run(&config, out).await,
         }
     }
 }

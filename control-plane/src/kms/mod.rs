@@ -71,12 +71,15 @@ pub struct KmsContext {
 pub enum Purpose {
     /// Encrypting one generation of an API key's secret.
     ApiKeySecret,
+    /// Encrypting the private half of an origin-token signing key (`key_id` is its kid).
+    OriginSigningKey,
 }
 
 impl Purpose {
     fn as_str(self) -> &'static str {
         match self {
             Self::ApiKeySecret => "api-key-secret",
+            Self::OriginSigningKey => "origin-signing-key",
         }
     }
 }
@@ -85,6 +88,11 @@ impl KmsContext {
     /// The context for an API key's secret.
     pub fn api_key_secret(key_id: KeyId) -> Self {
         Self { key_id, purpose: Purpose::ApiKeySecret, shared_id: None }
+    }
+
+    /// The context for an origin signing key's private half, named by its kid.
+    pub fn origin_signing_key(kid: KeyId) -> Self {
+        Self { key_id: kid, purpose: Purpose::OriginSigningKey, shared_id: None }
     }
 
     /// The context a stored data key was wrapped with: its own key id's, or its shared id's.

@@ -99,6 +99,46 @@ impl fmt::Debug for SecretRow {
     }
 }
 
+/// One ES256 key that signs the origin's JWTs: its public half in the clear, its private scalar sealed
+/// under a KMS-wrapped data key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OriginKeyRow {
+    /// 1, 2, ...: higher is newer.
+    pub version: i64,
+    /// The key's id (`kid`): 22 base62 digits of a UUIDv7.
+    pub kid: KeyId,
+    /// The public half as a JWK, JSON.
+    pub public_jwk: String,
+    /// Nonce and AES-256-GCM ciphertext of the private scalar.
+    pub ciphertext: Vec<u8>,
+    /// The data key, wrapped by KMS.
+    pub wrapped_data_key: Vec<u8>,
+    /// The KMS key that wrapped it.
+    pub kms_key_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When edges start signing with it, unix seconds.
+    pub activates_at: i64,
+}
+
+impl OriginKeyRow {
+    /// The wrapped data key, as KMS takes it back.
+    pub fn wrapped(&self) -> WrappedKey {
+        WrappedKey { blob: self.wrapped_data_key.clone(), kms_key_id: self.kms_key_id.clone(), shared_id: None }
+    }
+}
+
+impl fmt::Debug for OriginKeyRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginKeyRow")
+            .field("version", &self.version)
+            .field("kid", &self.kid)
+            .field("kms_key_id", &self.kms_key_id)
+            .field("activates_at", &self.activates_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A record waiting in (or sent from) the replication outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -133,6 +173,15 @@ pub enum Op {
         previous_not_after: i64,
         /// Unix seconds.
         rotated_at: i64,
+    },
+    /// A new origin signing key; fails with [`StoreError::Duplicate`] if its version is taken.
+    InsertOriginKey(OriginKeyRow),
+    /// An origin signing key's data key, wrapped anew under the current KMS key.
+    RewrapOriginKey {
+        /// The key's version.
+        version: i64,
+        /// The data key as KMS rewrapped it.
+        wrapped: WrappedKey,
     },
     /// Revoke, if the key is still at `expected_generation` and not yet revoked.
     Revoke {
@@ -257,6 +306,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Vec<AuditEntry>, StoreError>;
     /// The whole audit log in order, and the recorded head `(seq, hash)`.
     async fn audit_chain(&self) -> Result<(Vec<AuditEntry>, i64, String), StoreError>;
+    /// Every origin signing key, oldest first.
+    async fn origin_keys(&self) -> Result<Vec<OriginKeyRow>, StoreError>;
     /// Outbox rows after `seq`, in order.
     async fn outbox_after(&self, seq: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
     /// Outbox rows not yet delivered to the edge, in order.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{Change, KeyRow, Op, OutboxRow, RewrapRun, RowCounts, SecretRow, Store, StoreError};
+use super::{Change, KeyRow, Op, OriginKeyRow, OutboxRow, RewrapRun, RowCounts, SecretRow, Store, StoreError};
 use crate::audit::AuditEntry;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -109,6 +109,8 @@ const SECRET_COLUMNS: &str = "key_id, generation, secret_hash, ciphertext, wrapp
      data_key_version, created_at, not_after, data_key_id";
 const OUTBOX_COLUMNS: &str = "seq, key_id, record, created_at, delivered_at";
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, key_id, outcome, detail, prev_hash, hash";
+const ORIGIN_KEY_COLUMNS: &str =
+    "version, kid, public_jwk, ciphertext, wrapped_data_key, kms_key_id, created_at, activates_at";
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
@@ -360,6 +362,31 @@ where
                         .execute(&mut **tx)
                         .await?
                 }
+                Op::InsertOriginKey(key) => {
+                    sqlx::query(&format!(
+                        "INSERT INTO origin_signing_keys ({ORIGIN_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    ))
+                    .bind(key.version)
+                    .bind(key.kid.to_string())
+                    .bind(key.public_jwk.clone())
+                    .bind(key.ciphertext.clone())
+                    .bind(key.wrapped_data_key.clone())
+                    .bind(key.kms_key_id.clone())
+                    .bind(key.created_at)
+                    .bind(key.activates_at)
+                    .execute(&mut **tx)
+                    .await?
+                }
+                Op::RewrapOriginKey { version, wrapped } => {
+                    sqlx::query(
+                        "UPDATE origin_signing_keys SET wrapped_data_key = $1, kms_key_id = $2 WHERE version = $3",
+                    )
+                    .bind(wrapped.blob.clone())
+                    .bind(wrapped.kms_key_id.clone())
+                    .bind(*version)
+                    .execute(&mut **tx)
+                    .await?
+                }
                 Op::Revoke { key_id, expected_generation, revoked_at, reason } => {
                     sqlx::query(
                         "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
@@ -487,6 +514,26 @@ where
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::audit_row).collect()
+    }
+
+    async fn origin_keys(&self) -> Result<Vec<OriginKeyRow>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {ORIGIN_KEY_COLUMNS} FROM origin_signing_keys ORDER BY version"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OriginKeyRow {
+                    version: row.try_get(0)?,
+                    kid: parse_key_id(&row.try_get::<String, _>(1)?)?,
+                    public_jwk: row.try_get(2)?,
+                    ciphertext: row.try_get(3)?,
+                    wrapped_data_key: row.try_get(4)?,
+                    kms_key_id: row.try_get(5)?,
+                    created_at: row.try_get(6)?,
+                    activates_at: row.try_get(7)?,
+                })
+            })
+            .collect()
     }
 
     async fn audit_chain(&self) -> Result<(Vec<AuditEntry>, i64, String), StoreError> {

@@ -123,6 +123,25 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 #[test]
+fn an_operator_rotates_the_origin_signing_keys_from_the_command_line() {
+    let env = Env::new("origin-keys");
+    let first = env.json(&["origin-keys", "rotate"]);
+    assert_eq!((first["version"].as_i64(), first["status"].as_str()), (Some(1), Some("active")), "{first}");
+    let second = env.json(&["origin-keys", "rotate", "--activate-in-secs", "300"]);
+    assert_eq!((second["version"].as_i64(), second["status"].as_str()), (Some(2), Some("pending")), "{second}");
+    let listed = env.json(&["origin-keys", "list"]);
+    let keys = listed["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    for key in keys {
+        assert!(key["public_jwk"].get("d").is_none() && key.get("d").is_none(), "{key}");
+    }
+    let out = env.run(&["origin-keys", "rotate", "--activate-in-secs=-5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_activation"));
+    assert_eq!(env.json(&["origin-keys", "list"])["keys"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn serve_answers_and_stops_cleanly_on_sigterm() {
     let env = Env::new("serve");
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -145,6 +164,12 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
     assert!(ready.contains(r#""database":"sqlite""#));
     let openapi = http_get(port, "/openapi.json").unwrap();
     assert!(openapi.contains(r#""openapi":"3.1.0""#));
+    // serve made the first origin signing key, and publishes it.
+    let jwks = http_get(port, "/.well-known/jwks.json").unwrap();
+    assert!(
+        jwks.contains(r#""kty":"EC""#) && jwks.to_lowercase().contains("cache-control: public, max-age=60"),
+        "{jwks}"
+    );
 
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let status = child.wait().unwrap();

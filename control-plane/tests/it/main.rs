@@ -11,6 +11,7 @@ mod key_commands;
 mod kms;
 mod lifecycle;
 mod ops;
+mod origin_keys;
 mod replication;
 mod safety;
 mod support;

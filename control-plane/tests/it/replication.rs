@@ -17,7 +17,8 @@ use keygate_control_plane::clock::SystemClock;
 use keygate_control_plane::replicator::Replicator;
 use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::replica::{apply_push, RecordStore};
-use keygate_shared::{sync, KeyRecord, SyncSecret};
+use keygate_edge::signing_keys::SigningKeyStore;
+use keygate_shared::{sync, KeyRecord, SealedSigningKey, SyncSecret};
 use serde_json::json;
 
 use crate::support::app::TestApp;
@@ -27,9 +28,21 @@ struct EdgeState {
     records: Mutex<HashMap<String, KeyRecord>>,
     failing: AtomicBool,
     pushes: Mutex<Vec<Vec<u64>>>,
+    signing_keys: Mutex<Vec<SealedSigningKey>>,
 }
 
 struct Records<'a>(&'a EdgeState);
+
+impl SigningKeyStore for Records<'_> {
+    async fn signing_keys(&self) -> Result<Vec<SealedSigningKey>, StoreFault> {
+        Ok(self.0.signing_keys.lock().unwrap().clone())
+    }
+
+    async fn store_signing_keys(&self, keys: &[SealedSigningKey]) -> Result<(), StoreFault> {
+        *self.0.signing_keys.lock().unwrap() = keys.to_vec();
+        Ok(())
+    }
+}
 
 impl RecordSource for Records<'_> {
     async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault> {
@@ -152,5 +165,43 @@ async fn a_wrong_secret_delivers_nothing_and_resync_restores_a_lost_edge() {
     assert_eq!(replicator.resync().await.unwrap(), 4, "three keys and the bootstrap admin key");
     assert_eq!(edge_record(&edge, &ids[0]).unwrap().secrets.len(), 2);
     assert!(ids.iter().all(|id| edge_record(&edge, id).is_some()));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_edge_gets_the_signing_keys_sealed_after_start_up_and_each_rotation() {
+    let app = TestApp::sqlite_local("replication_signing_keys").await;
+    let (edge, url) = start_edge().await;
+    let replicator = Replicator::new(app.store.clone(), Arc::new(SystemClock), &url, SyncSecret::new(SECRET))
+        .with_origin_keys(app.service.origin_keys().clone());
+    assert_eq!(replicator.drain().await.unwrap(), 1, "the bootstrap admin key");
+    assert!(edge.signing_keys.lock().unwrap().is_empty(), "no key yet: nothing to send");
+
+    let first = app.service.ensure_origin_key().await.unwrap().unwrap();
+    replicator.drain().await.unwrap();
+    let held = edge.signing_keys.lock().unwrap().clone();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].kid, first.row.kid.to_string());
+    // Sealed: it opens with the sync secret only, to the key the JWKS publishes.
+    let opened = held[0].open(&SyncSecret::new(SECRET)).unwrap();
+    assert_eq!(serde_json::to_value(opened.public_jwk()).unwrap(), app.service.jwks().await.unwrap()["keys"][0]);
+    assert!(held[0].open(&SyncSecret::new("another edge's secret")).is_err());
+
+    // Nothing new: no second push of the same key.
+    let pushes = edge.pushes.lock().unwrap().len();
+    replicator.drain().await.unwrap();
+    assert_eq!(edge.pushes.lock().unwrap().len(), pushes);
+
+    // A rotation sends the active key and the pending one, which the edge uses from its time.
+    let (_, second) = app.admin(axum::http::Method::POST, "/admin/origin-keys/rotate", None).await;
+    replicator.drain().await.unwrap();
+    let held = edge.signing_keys.lock().unwrap().clone();
+    let versions: Vec<(u64, i64)> = held.iter().map(|k| (k.version, k.activates_at)).collect();
+    assert_eq!(versions, [(1, first.row.activates_at), (2, first.row.activates_at + 60)], "{second}");
+
+    // A lost edge gets them back on resync.
+    edge.signing_keys.lock().unwrap().clear();
+    replicator.resync().await.unwrap();
+    assert_eq!(edge.signing_keys.lock().unwrap().len(), 2);
     app.cleanup().await;
 }

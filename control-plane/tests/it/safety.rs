@@ -594,6 +594,10 @@ async fn rewrap_moves_every_data_key_to_the_new_kms_key() {
     for _ in 0..12 {
         keys.push(app.create_key(&["query:read"]).await);
     }
+    // The origin signing keys move too.
+    app.service.ensure_origin_key().await.unwrap();
+    app.service.rotate_origin_key(&Actor::Cli, None).await.unwrap();
+    let signing_jwks = app.service.jwks().await.unwrap();
     let server = app.kms_server.as_ref().unwrap();
     let new_key = server.create_key().await;
     let rotated_kms = Arc::new(keygate_control_plane::kms::aws::AwsKms::from_client(server.client(), new_key.clone()));
@@ -615,6 +619,13 @@ async fn rewrap_moves_every_data_key_to_the_new_kms_key() {
     for (key, id) in &keys {
         let revealed = service.reveal(&Actor::Cli, id.parse().unwrap()).await.unwrap();
         assert_eq!(revealed.expose(), key);
+    }
+    let origin_keys = app.store.origin_keys().await.unwrap();
+    assert_eq!(origin_keys.len(), 2);
+    for row in &origin_keys {
+        assert_eq!(row.kms_key_id, new_key);
+        let opened = service.origin_keys().open(row).await.unwrap();
+        assert!(signing_jwks["keys"].as_array().unwrap().contains(&serde_json::to_value(opened.public_jwk()).unwrap()));
     }
     app.cleanup().await;
 }

@@ -1,5 +1,6 @@
 //! The control plane, in-process: the admin API served on a real loopback socket, and the replicator
-//! pushing to an edge. Both stop when it is dropped.
+//! pushing to an edge (records and the origin signing keys, the first of which it makes at start, as
+//! `keygate serve` does). Both stop when it is dropped.
 
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ use super::{http, SYNC_SECRET};
 
 pub struct ControlPlane {
     pub url: String,
+    /// The lifecycle behind the API, for what a test needs beyond it (e.g. opening a signing key).
+    pub service: Arc<Service>,
     /// The bootstrap admin key (`admin:*`).
     pub admin: String,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -35,13 +38,15 @@ impl ControlPlane {
         let service =
             Arc::new(Service::new(store.clone(), kms, Arc::new(SystemClock), Box::new(rand_core::OsRng), settings));
         let admin = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
+        service.ensure_origin_key().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(keygate_control_plane::api::run(listener, service, until_stopped(stopped.clone())));
-        let replicator = Replicator::new(store, Arc::new(SystemClock), edge, SyncSecret::new(SYNC_SECRET));
+        tokio::spawn(keygate_control_plane::api::run(listener, service.clone(), until_stopped(stopped.clone())));
+        let replicator = Replicator::new(store, Arc::new(SystemClock), edge, SyncSecret::new(SYNC_SECRET))
+            .with_origin_keys(service.origin_keys().clone());
         tokio::spawn(replicator.run(until_stopped(stopped)));
-        Self { url, admin, _stop: stop }
+        Self { url, service, admin, _stop: stop }
     }
 
     /// An admin POST that must succeed; its JSON answer.
@@ -50,6 +55,11 @@ impl ControlPlane {
             http().post(format!("{}{path}", self.url)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
         assert!(response.status().is_success(), "{path}: {}", response.status());
         response.json().await.unwrap()
+    }
+
+    /// The JWKS document origins verify tokens against.
+    pub async fn jwks(&self) -> Value {
+        http().get(format!("{}/.well-known/jwks.json", self.url)).send().await.unwrap().json().await.unwrap()
     }
 
     /// Creates a key; returns the key and its id.

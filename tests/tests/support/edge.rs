@@ -50,6 +50,8 @@ pub struct EdgeOptions<'a> {
     pub log_level: Option<&'a str>,
     /// Run in this folder and leave it in place when the edge stops.
     pub dir: Option<&'a Path>,
+    /// Listen on this port (one reserved earlier, for a part that must know the URL first).
+    pub port: Option<u16>,
 }
 
 impl Edge {
@@ -82,7 +84,7 @@ impl Edge {
         std::fs::write(dir.join("wrangler.toml"), config).unwrap();
         let (sync_secret, origin_secret) = options.secrets.unwrap_or((SYNC_SECRET, ORIGIN_SECRET));
         let log = std::fs::File::create(dir.join("wrangler.log")).unwrap();
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
         let mut command = Command::new(&tools["WRANGLER"]);
         command
             .args(["dev", "--config", "wrangler.toml", "--ip", "127.0.0.1", "--port", &port.to_string()])
@@ -234,7 +236,7 @@ pub struct SignedPush {
 impl SignedPush {
     /// `records` signed at `signed_at` with `secret`, as the control plane would.
     pub fn new(records: Vec<KeyRecord>, signed_at: i64, secret: &str) -> Self {
-        Self::of_body(serde_json::to_vec(&SyncPayload { records }).unwrap(), signed_at, secret)
+        Self::of_body(serde_json::to_vec(&SyncPayload { records, signing_keys: vec![] }).unwrap(), signed_at, secret)
     }
 
     /// Any body, signed.

@@ -8,6 +8,7 @@
 
 pub mod control_plane;
 pub mod edge;
+pub mod fraiseql;
 pub mod origin;
 
 use std::collections::HashMap;

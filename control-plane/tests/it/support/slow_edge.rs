@@ -13,7 +13,8 @@ use axum::routing::post;
 use axum::Router;
 use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::replica::{apply_push, push_refusal_response, RecordStore};
-use keygate_shared::{sync, KeyRecord, SyncPayload, SyncSecret};
+use keygate_edge::signing_keys::SigningKeyStore;
+use keygate_shared::{sync, KeyRecord, SealedSigningKey, SyncPayload, SyncSecret};
 use tokio::task::JoinHandle;
 
 pub struct EdgeState {
@@ -21,6 +22,7 @@ pub struct EdgeState {
     pub records: Mutex<HashMap<String, KeyRecord>>,
     /// The `seq`s of every accepted push, in arrival order.
     pub pushes: Mutex<Vec<Vec<u64>>>,
+    signing_keys: Mutex<Vec<SealedSigningKey>>,
     secret: SyncSecret,
     delay: Duration,
 }
@@ -36,6 +38,17 @@ impl EdgeState {
 }
 
 struct Records<'a>(&'a EdgeState);
+
+impl SigningKeyStore for Records<'_> {
+    async fn signing_keys(&self) -> Result<Vec<SealedSigningKey>, StoreFault> {
+        Ok(self.0.signing_keys.lock().unwrap().clone())
+    }
+
+    async fn store_signing_keys(&self, keys: &[SealedSigningKey]) -> Result<(), StoreFault> {
+        *self.0.signing_keys.lock().unwrap() = keys.to_vec();
+        Ok(())
+    }
+}
 
 impl RecordSource for Records<'_> {
     async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault> {
@@ -81,6 +94,7 @@ impl SlowEdge {
         let state = Arc::new(EdgeState {
             records: Mutex::default(),
             pushes: Mutex::default(),
+            signing_keys: Mutex::default(),
             secret: SyncSecret::new(secret),
             delay,
         });
