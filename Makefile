@@ -6,13 +6,14 @@ SHELL := bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: help dev test setup lint bench vectors fuzz
+.PHONY: help dev test setup lint bench bench-signing vectors fuzz
 
 help:
 	@echo "make dev      run keygate on embedded defaults"
 	@echo "make test     install what is missing, then run every test"
 	@echo "make lint     rustfmt and clippy, native and wasm"
 	@echo "make bench    every BENCHMARKS.md figure, with its baselines (BENCH_MODE=smoke: a quick check)"
+	@echo "make bench-signing  the origin JWT's signing cost, natively and in workerd"
 	@echo "make vectors  rewrite shared/testdata after a deliberate key-format change"
 	@echo "make fuzz     a short run of every fuzz target (installs cargo-fuzz if missing)"
 
@@ -52,6 +53,11 @@ lint: setup
 # 127.0.0.1:5432 (BENCH_PG); starts everything else itself. BENCH_MODE=smoke runs each step briefly.
 bench: setup
 	scripts/bench.sh
+
+# The origin JWT's per-request signing cost, natively (criterion) and in workerd through the miniflare API:
+# the worker's signer against WebCrypto from plain JS, each beside its baseline; target/bench/signing.md.
+bench-signing: setup
+	scripts/bench-signing.sh
 
 vectors:
 	KEYGATE_BLESS=1 $(CARGO) test -p keygate-shared --test it vectors

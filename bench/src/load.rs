@@ -170,6 +170,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         json!({
             "label": args.label, "connections": args.connections, "seconds": args.seconds,
             "requests": latency.len(), "rps": (latency.len() as f64 / args.seconds).round(),
+            "mean_ms": latency.mean().round() / 1000.0,
             "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": latency.max() as f64 / 1000.0,
             "statuses": statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "errors": errors,

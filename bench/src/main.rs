@@ -3,11 +3,13 @@
 //! - `load`: a closed-loop HTTP/1.1 load generator (fixed connections, fixed duration, HDR histogram);
 //! - `origin`: a GraphQL origin that answers at once, so the origin is never what is measured;
 //! - `propagation`: creates, then revokes keys through the admin API and times until the edge says 401;
+//! - `fixture`: a fresh API key, its record and a sealed origin signing key, for pushing to a worker;
 //! - `garbage`: counts the record reads the edge check makes for keys with a bad checksum;
 //! - `report`: medians of the runs in `results.jsonl`, as the Markdown table BENCHMARKS.md shows.
 //!
 //! Every command prints one JSON line per measurement; `bench.sh` tags and collects them.
 
+mod fixture;
 mod garbage;
 mod load;
 mod origin;
@@ -39,6 +41,8 @@ enum Command {
     Garbage(garbage::Args),
     /// The Markdown table of medians from a results file.
     Report(report::Args),
+    /// A fresh API key, its record and a sealed ES256 origin signing key, as JSON, to push to a worker.
+    Fixture(fixture::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Report(args) => report::run(&args),
         Command::Garbage(args) => garbage::run(&args),
+        Command::Fixture(args) => fixture::run(&args),
         command => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::from).and_then(|runtime| {
                 runtime.block_on(async move {
@@ -53,7 +58,7 @@ fn main() -> ExitCode {
                         Command::Load(args) => load::run(args).await,
                         Command::Origin(args) => origin::run(args).await,
                         Command::Propagation(args) => propagation::run(args).await,
-                        Command::Report(_) | Command::Garbage(_) => Ok(()),
+                        Command::Report(_) | Command::Garbage(_) | Command::Fixture(_) => Ok(()),
                     }
                 })
             })

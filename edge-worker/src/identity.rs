@@ -2,6 +2,12 @@
 //! the origin trusts keygate through its own standard JWT support. `ES256` (the default) signs with the
 //! control plane's key the edge holds ([`crate::signing_keys`]); `HS256` signs with `ORIGIN_SECRET`.
 //!
+//! The ES256 signature itself is made by the runtime's WebCrypto (`crypto.subtle.sign`), not in wasm:
+//! measured in workerd, WebCrypto signs in well under 0.1 ms where p256 compiled to wasm took about
+//! 0.65 ms (BENCHMARKS.md, P9). So minting is two steps: [`OriginIdentity::begin`] builds the signing
+//! input (or returns a token it may reuse, or an HS256 token at once), the worker signs it, and
+//! [`OriginIdentity::finish`] assembles and keeps the token.
+//!
 //! Signing is the costly part and nothing in a token is request-specific, so an isolate reuses a key's
 //! token for `ORIGIN_JWT_REUSE_SECS` (at most [`MAX_REUSE_SECS`]), but only while the record (its `seq`)
 //! and the signing key (its `kid`) are the ones it was minted for: an edited key or a rotated signing
@@ -17,8 +23,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
-use keygate_shared::jwt::{Claims, TokenSettings, TokenSigner, JTI_LEN, MAX_REUSE_SECS};
+use keygate_shared::jwt::{self, Claims, TokenSettings, HS256_KID, JTI_LEN, MAX_REUSE_SECS};
 use keygate_shared::{KeyId, KeyRecord, OriginSecret, SyncSecret};
+use zeroize::Zeroizing;
 
 use crate::signing_keys::HeldSigningKeys;
 
@@ -114,6 +121,8 @@ pub enum NoToken {
     NoOriginSecret,
     /// The CSPRNG failed, so no unique `jti` could be made.
     NoRandomness,
+    /// WebCrypto refused to import the key or to sign.
+    SigningFailed,
 }
 
 impl NoToken {
@@ -133,6 +142,9 @@ impl NoToken {
                  Authorization"
             }
             Self::NoRandomness => "keygate: no randomness for a token's jti: forwarding without Authorization",
+            Self::SigningFailed => {
+                "keygate: WebCrypto could not sign the origin's token: forwarding without Authorization"
+            }
         }
     }
 
@@ -142,6 +154,7 @@ impl NoToken {
             Self::SigningKeyUnopenable => 2,
             Self::NoOriginSecret => 4,
             Self::NoRandomness => 8,
+            Self::SigningFailed => 16,
         }
     }
 }
@@ -188,27 +201,17 @@ impl RecentTokens {
         Self { entries: HashMap::new(), reuse_secs: reuse_secs.max(0), capacity, next_sweep: i64::MIN }
     }
 
-    /// The token for `record` at `now` (unix seconds): the held one if it may be reused, else a fresh
-    /// one from `signer` with a `jti` from `random`.
-    pub fn token(
-        &mut self,
-        record: &KeyRecord,
-        signer: &TokenSigner,
-        settings: &TokenSettings,
-        now: i64,
-        random: impl FnOnce() -> Option<[u8; JTI_LEN]>,
-    ) -> Result<Rc<str>, NoToken> {
-        let reusable = |m: &&Minted| m.seq == record.seq && m.kid == signer.kid() && m.young(self.reuse_secs, now);
-        if let Some(minted) = self.entries.get(&record.key_id).filter(reusable) {
-            return Ok(minted.token.clone());
-        }
-        let jti = random().ok_or(NoToken::NoRandomness)?;
-        let token: Rc<str> = signer.sign(&Claims::for_record(record, settings, now, &jti)).into();
-        self.keep(record, signer.kid(), token.clone(), now);
-        Ok(token)
+    /// The held token for `record` if it was minted with `kid` for this very record and may still be
+    /// reused at `now` (unix seconds).
+    pub fn reusable(&self, record: &KeyRecord, kid: &str, now: i64) -> Option<Rc<str>> {
+        self.entries
+            .get(&record.key_id)
+            .filter(|m| m.seq == record.seq && m.kid == kid && m.young(self.reuse_secs, now))
+            .map(|m| m.token.clone())
     }
 
-    fn keep(&mut self, record: &KeyRecord, kid: &str, token: Rc<str>, now: i64) {
+    /// Keeps `token`, minted with `kid` for `record` at `now`, for reuse.
+    pub fn keep(&mut self, record: &KeyRecord, kid: &str, token: Rc<str>, now: i64) {
         if self.reuse_secs == 0 {
             return;
         }
@@ -242,12 +245,29 @@ impl RecentTokens {
     }
 }
 
+/// What putting a token on a request takes, after [`OriginIdentity::begin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mint {
+    /// A token to use as it is: reused, or just signed with HS256.
+    Ready(Rc<str>),
+    /// An ES256 signature over `input` with the active key, `kid` at `version` (its private JWK from
+    /// [`OriginIdentity::private_jwk`]); then [`OriginIdentity::finish`].
+    Es256 {
+        /// The active key's id.
+        kid: String,
+        /// The active key's version: with the kid, what an imported key is held under.
+        version: u64,
+        /// The JWS signing input.
+        input: String,
+    },
+}
+
 /// Everything an isolate needs to put a token on a forwarded request.
 #[derive(Debug)]
 pub struct OriginIdentity {
     config: IdentityConfig,
-    /// The HS256 signer, when that is the algorithm and `ORIGIN_SECRET` is set.
-    hs256: Option<TokenSigner>,
+    /// Signs HS256 tokens, when that is the algorithm and `ORIGIN_SECRET` is set.
+    origin_secret: Option<OriginSecret>,
     /// Opens the ES256 keys; `None` if `SYNC_SECRET` is not set.
     sync_secret: Option<SyncSecret>,
     keys: HeldSigningKeys,
@@ -259,12 +279,9 @@ pub struct OriginIdentity {
 impl OriginIdentity {
     /// The identity `config` describes, with the worker's secrets.
     pub fn new(config: IdentityConfig, origin_secret: Option<OriginSecret>, sync_secret: Option<SyncSecret>) -> Self {
-        let hs256 = match config.alg {
-            Alg::Hs256 => origin_secret.map(TokenSigner::Hs256),
-            Alg::Es256 => None,
-        };
+        let origin_secret = origin_secret.filter(|_| config.alg == Alg::Hs256);
         let tokens = RecentTokens::new(config.effective_reuse_secs(), TOKEN_CAPACITY);
-        Self { config, hs256, sync_secret, keys: HeldSigningKeys::default(), tokens, reported: 0 }
+        Self { config, origin_secret, sync_secret, keys: HeldSigningKeys::default(), tokens, reported: 0 }
     }
 
     /// The settings in use.
@@ -282,27 +299,52 @@ impl OriginIdentity {
         &mut self.keys
     }
 
-    /// The token for `record` at `now_ms`, with a `jti` from `random` if a new one is signed.
-    pub fn token(
+    /// The first step of a token for `record` at `now_ms`: a token it may reuse, an HS256 token signed at
+    /// once, or the input for an ES256 signature. A new token's `jti` comes from `random`.
+    pub fn begin(
         &mut self,
         record: &KeyRecord,
         now_ms: i64,
         random: impl FnOnce() -> Option<[u8; JTI_LEN]>,
-    ) -> Result<Rc<str>, NoToken> {
+    ) -> Result<Mint, NoToken> {
         let now = now_ms.div_euclid(1000);
-        let es256;
-        let signer = match self.config.alg {
-            Alg::Hs256 => self.hs256.as_ref().ok_or(NoToken::NoOriginSecret)?,
+        let (alg, kid, version) = match self.config.alg {
+            Alg::Hs256 => {
+                self.origin_secret.as_ref().ok_or(NoToken::NoOriginSecret)?;
+                ("HS256", HS256_KID.to_owned(), 0)
+            }
             Alg::Es256 => {
-                if self.keys.active(now).is_none() {
-                    return Err(NoToken::NoSigningKey);
-                }
-                let secret = self.sync_secret.as_ref().ok_or(NoToken::SigningKeyUnopenable)?;
-                es256 = self.keys.signer(secret, now).ok_or(NoToken::SigningKeyUnopenable)?;
-                &*es256
+                let active = self.keys.active(now).ok_or(NoToken::NoSigningKey)?;
+                ("ES256", active.kid.clone(), active.version)
             }
         };
-        self.tokens.token(record, signer, &self.config.settings, now, random)
+        if let Some(token) = self.tokens.reusable(record, &kid, now) {
+            return Ok(Mint::Ready(token));
+        }
+        let jti = random().ok_or(NoToken::NoRandomness)?;
+        let input = jwt::signing_input(alg, &kid, &Claims::for_record(record, &self.config.settings, now, &jti));
+        match &self.origin_secret {
+            Some(secret) if self.config.alg == Alg::Hs256 => {
+                let signature = jwt::hs256(secret, &input);
+                Ok(Mint::Ready(self.finish(record, &kid, input, &signature, now_ms)))
+            }
+            _ => Ok(Mint::Es256 { kid, version, input }),
+        }
+    }
+
+    /// The private JWK of the key that signs at `now` (unix seconds), for WebCrypto to import once.
+    pub fn private_jwk(&self, now: i64) -> Result<Zeroizing<String>, NoToken> {
+        let secret = self.sync_secret.as_ref().ok_or(NoToken::SigningKeyUnopenable)?;
+        let active = self.keys.active(now).ok_or(NoToken::NoSigningKey)?;
+        active.open_private_jwk(secret).map_err(|_| NoToken::SigningKeyUnopenable)
+    }
+
+    /// The token made of `input` (from [`Mint::Es256`], or an HS256 one) and its `signature`, kept for
+    /// reuse under `kid`.
+    pub fn finish(&mut self, record: &KeyRecord, kid: &str, input: String, signature: &[u8], now_ms: i64) -> Rc<str> {
+        let token: Rc<str> = jwt::compact(input, signature).into();
+        self.tokens.keep(record, kid, token.clone(), now_ms.div_euclid(1000));
+        token
     }
 
     /// Whether `cause` is seen for the first time in this isolate (then log it; after, stay quiet).

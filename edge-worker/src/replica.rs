@@ -59,7 +59,7 @@ pub async fn apply_push<S: RecordStore + SigningKeyStore>(
     let signature = signature.ok_or(PushRefused::Unauthorized(SyncError::BadSignature))?;
     secret.verify(timestamp, signature, body, now).map_err(PushRefused::Unauthorized)?;
     let payload: SyncPayload = serde_json::from_slice(body).map_err(|_| PushRefused::BadPayload)?;
-    if payload.signing_keys.iter().any(|key| key.open(secret).is_err()) {
+    if payload.signing_keys.iter().any(|key| key.open_private_jwk(secret).is_err()) {
         return Err(PushRefused::BadPayload);
     }
     let mut outcome = Applied { applied: 0, ignored: 0, signing_keys: 0 };

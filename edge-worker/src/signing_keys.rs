@@ -1,15 +1,13 @@
 //! The ES256 keys that sign the origin's JWTs, as the edge holds them: sealed, exactly as the control
-//! plane pushed them, in KV under one name ([`SIGNING_KEYS_NAME`]); opened only in an isolate's memory.
+//! plane pushed them, in KV under one name ([`SIGNING_KEYS_NAME`]); opened only in an isolate's memory,
+//! to be imported into WebCrypto.
 //!
 //! A push never takes the edge back: a key is ignored if a version as high is held under its kid, and
 //! the held list keeps only the newest key already active plus the newer ones still pending. The key
 //! that signs is the newest whose `activates_at` has come: a pending key is published in the JWKS
 //! first, so origins know it before they see a token signed with it.
 
-use std::rc::Rc;
-
-use keygate_shared::jwt::TokenSigner;
-use keygate_shared::{SealedSigningKey, SyncSecret};
+use keygate_shared::SealedSigningKey;
 
 use crate::check::StoreFault;
 
@@ -64,20 +62,11 @@ pub fn active(keys: &[SealedSigningKey], now: i64) -> Option<&SealedSigningKey> 
     keys.iter().filter(|k| k.activates_at <= now).max_by_key(|k| k.version)
 }
 
-/// One opened key, named by what it was opened from.
-#[derive(Debug)]
-struct Opened {
-    kid: String,
-    version: u64,
-    signer: Rc<TokenSigner>,
-}
-
-/// An isolate's signing keys: the sealed list as last read (or pushed to this isolate), and the
-/// active one opened, so each request neither reads KV nor decrypts.
+/// An isolate's signing keys: the sealed list as last read (or pushed to this isolate), so that a
+/// request does not read KV. (The worker keeps the active key imported into WebCrypto.)
 #[derive(Debug, Default)]
 pub struct HeldSigningKeys {
     sealed: Vec<SealedSigningKey>,
-    opened: Option<Opened>,
     /// When KV is next read; `None` before the first read.
     next_read_ms: Option<i64>,
 }
@@ -106,21 +95,6 @@ impl HeldSigningKeys {
     /// on every request.
     pub fn read_failed(&mut self, now_ms: i64) {
         self.next_read_ms = Some(now_ms.saturating_add(REREAD_MS));
-    }
-
-    /// The signer for `now` (unix seconds), opening the active key with `secret` the first time it is
-    /// used. `None` if no key is active, or the active one does not open with this secret.
-    pub fn signer(&mut self, secret: &SyncSecret, now: i64) -> Option<Rc<TokenSigner>> {
-        let active = active(&self.sealed, now)?;
-        let held = self.opened.as_ref().filter(|o| o.kid == active.kid && o.version == active.version);
-        if let Some(opened) = held {
-            return Some(opened.signer.clone());
-        }
-        // The previous key (if any) is dropped here, and its scalar wiped with it.
-        self.opened = None;
-        let signer = Rc::new(TokenSigner::Es256(active.open(secret).ok()?));
-        self.opened = Some(Opened { kid: active.kid.clone(), version: active.version, signer: signer.clone() });
-        Some(signer)
     }
 
     /// The held key that signs at `now`, still sealed.

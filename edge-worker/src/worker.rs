@@ -19,10 +19,14 @@ use std::rc::Rc;
 
 use keygate_shared::jwt::JTI_LEN;
 use keygate_shared::{attempts, origin, sync, FailedAttempts, KeyRecord, OriginSecret, SealedSigningKey, SyncSecret};
-use worker::{event, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result};
+use worker::wasm_bindgen::JsCast;
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{
+    event, js_sys, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result,
+};
 
 use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, Refused, StoreFault};
-use crate::identity::{forwards_client_header, IdentityConfig, OriginIdentity};
+use crate::identity::{forwards_client_header, IdentityConfig, Mint, NoToken, OriginIdentity};
 use crate::ratelimit::{RateLimiter, Tiers};
 use crate::recent::RecentRecords;
 use crate::replica::{apply_push, push_refusal_response, RecordStore};
@@ -40,8 +44,10 @@ thread_local! {
     static FAILED: RefCell<FailedAttempts> = RefCell::new(FailedAttempts::default());
     // The vars do not change within an isolate: read once.
     static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
-    // The origin's JWT: its settings, the opened signing key and the recent tokens. Set up on first use.
+    // The origin's JWT: its settings, the sealed signing keys and the recent tokens. Set up on first use.
     static IDENTITY: RefCell<Option<OriginIdentity>> = const { RefCell::new(None) };
+    // The active signing key imported into WebCrypto, by kid and version.
+    static WEBCRYPTO_KEY: RefCell<Option<(String, u64, web_sys::CryptoKey)>> = const { RefCell::new(None) };
 }
 
 /// Records in KV, read and written as they are: what a push compares and stores.
@@ -177,15 +183,69 @@ async fn origin_token(env: &Env, record: &KeyRecord) -> Option<Rc<str>> {
             Err(_) => identity.keys_mut().read_failed(now_ms()),
         });
     }
-    with_identity(env, |identity| match identity.token(record, now_ms(), random_jti) {
-        Ok(token) => Some(token),
-        Err(cause) => {
-            if identity.first_report(cause) {
+    let minted = match with_identity(env, |identity| identity.begin(record, now_ms(), random_jti)) {
+        Ok(Mint::Ready(token)) => Ok(token),
+        Ok(Mint::Es256 { kid, version, input }) => match sign_es256(env, &kid, version, input.as_bytes()).await {
+            Ok(signature) => {
+                Ok(with_identity(env, |identity| identity.finish(record, &kid, input, &signature, now_ms())))
+            }
+            Err(cause) => Err(cause),
+        },
+        Err(cause) => Err(cause),
+    };
+    minted
+        .map_err(|cause| {
+            if with_identity(env, |identity| identity.first_report(cause)) {
                 worker::console_error!("{}", cause.message());
             }
-            None
+        })
+        .ok()
+}
+
+/// An ES256 signature (`r || s`) over `input` with the active key `kid` at `version`, by WebCrypto. The
+/// key is imported once per isolate, not extractable, and replaced when the active key changes.
+async fn sign_es256(env: &Env, kid: &str, version: u64, input: &[u8]) -> std::result::Result<Vec<u8>, NoToken> {
+    let held = WEBCRYPTO_KEY.with(|held| {
+        held.borrow().as_ref().filter(|(k, v, _)| k == kid && *v == version).map(|(_, _, key)| key.clone())
+    });
+    let subtle = subtle_crypto().ok_or(NoToken::SigningFailed)?;
+    let key = match held {
+        Some(key) => key,
+        None => {
+            let jwk = with_identity(env, |identity| identity.private_jwk(now()))?;
+            let key = import_es256(&subtle, &jwk).await.ok_or(NoToken::SigningFailed)?;
+            WEBCRYPTO_KEY.with(|held| *held.borrow_mut() = Some((kid.to_owned(), version, key.clone())));
+            key
         }
-    })
+    };
+    let algorithm = js_object(&[("name", "ECDSA"), ("hash", "SHA-256")]).ok_or(NoToken::SigningFailed)?;
+    let promise = subtle.sign_with_object_and_u8_array(&algorithm, &key, input).map_err(|_| NoToken::SigningFailed)?;
+    let signature = JsFuture::from(promise).await.map_err(|_| NoToken::SigningFailed)?;
+    Ok(js_sys::Uint8Array::new(&signature).to_vec())
+}
+
+/// The runtime's `crypto.subtle`.
+fn subtle_crypto() -> Option<web_sys::SubtleCrypto> {
+    let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into()).ok()?;
+    crypto.dyn_into::<web_sys::Crypto>().ok().map(|crypto| crypto.subtle())
+}
+
+/// Imports a private JWK as a non-extractable ECDSA P-256 signing key.
+async fn import_es256(subtle: &web_sys::SubtleCrypto, jwk: &str) -> Option<web_sys::CryptoKey> {
+    let key_data: js_sys::Object = js_sys::JSON::parse(jwk).ok()?.dyn_into().ok()?;
+    let algorithm = js_object(&[("name", "ECDSA"), ("namedCurve", "P-256")])?;
+    let usages = js_sys::Array::of1(&"sign".into());
+    let promise = subtle.import_key_with_object("jwk", &key_data, &algorithm, false, &usages).ok()?;
+    JsFuture::from(promise).await.ok()?.dyn_into().ok()
+}
+
+/// A plain JS object of string fields.
+fn js_object(fields: &[(&str, &str)]) -> Option<js_sys::Object> {
+    let object = js_sys::Object::new();
+    for (name, value) in fields {
+        js_sys::Reflect::set(&object, &(*name).into(), &(*value).into()).ok()?;
+    }
+    Some(object)
 }
 
 fn json_response(status: u16, headers: &[(&str, String)], body: String) -> Result<Response> {

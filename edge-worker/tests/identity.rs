@@ -8,13 +8,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::identity::{
-    forwards_client_header, Alg, IdentityConfig, NoToken, OriginIdentity, RecentTokens, TOKEN_CAPACITY,
+    forwards_client_header, Alg, IdentityConfig, Mint, NoToken, OriginIdentity, RecentTokens, TOKEN_CAPACITY,
 };
 use keygate_edge::replica::{apply_push, push_refusal_response, Applied, PushRefused, RecordStore};
 use keygate_edge::signing_keys::{active, merge, HeldSigningKeys, SigningKeyStore, REREAD_MS, SIGNING_KEYS_NAME};
@@ -129,6 +130,37 @@ impl Randomness {
 
 fn config(alg: Alg, reuse_secs: i64) -> IdentityConfig {
     IdentityConfig { alg, settings: TokenSettings::default(), reuse_secs }
+}
+
+/// What the worker does around WebCrypto, with p256 in its place: begin, sign the input with the
+/// active key's private JWK (as WebCrypto imports it), finish.
+trait Mints {
+    fn token(
+        &mut self,
+        record: &KeyRecord,
+        now_ms: i64,
+        random: impl FnOnce() -> Option<[u8; JTI_LEN]>,
+    ) -> Result<Rc<str>, NoToken>;
+}
+
+impl Mints for OriginIdentity {
+    fn token(
+        &mut self,
+        record: &KeyRecord,
+        now_ms: i64,
+        random: impl FnOnce() -> Option<[u8; JTI_LEN]>,
+    ) -> Result<Rc<str>, NoToken> {
+        match self.begin(record, now_ms, random)? {
+            Mint::Ready(token) => Ok(token),
+            Mint::Es256 { kid, input, .. } => {
+                let jwk: Value = serde_json::from_str(&self.private_jwk(now_ms.div_euclid(1000))?).unwrap();
+                assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
+                let d = URL_SAFE_NO_PAD.decode(jwk["d"].as_str().unwrap()).unwrap();
+                let signature = OriginSigningKey::from_scalar(kid.clone(), &d).unwrap().sign(input.as_bytes());
+                Ok(self.finish(record, &kid, input, &signature, now_ms))
+            }
+        }
+    }
 }
 
 /// An ES256 identity holding `keys`, as read from KV at `NOW_MS`.
@@ -268,10 +300,9 @@ fn the_isolate_rereads_its_keys_every_few_seconds() {
     assert!(!held.needs_read(NOW_MS + REREAD_MS + 1), "one read at a time once keys are held");
     held.read_failed(NOW_MS + 3 * REREAD_MS);
     assert!(!held.needs_read(NOW_MS + 4 * REREAD_MS - 1), "a failed read is not retried on every request");
-    assert!(held.signer(&SyncSecret::new(SYNC), NOW).is_some(), "what was held still signs");
-    let mut foreign = HeldSigningKeys::default();
-    foreign.replace(held.sealed().to_vec(), NOW_MS);
-    assert!(foreign.signer(&SyncSecret::new("another"), NOW).is_none(), "opens only with its sync secret");
+    let active = held.active(NOW).expect("what was held still signs");
+    assert!(active.open_private_jwk(&SyncSecret::new(SYNC)).is_ok());
+    assert!(active.open_private_jwk(&SyncSecret::new("another")).is_err(), "opens only with its sync secret");
     assert!(!es256(vec![], 10).needs_keys(NOW_MS + 1));
     assert!(!OriginIdentity::new(config(Alg::Hs256, 10), None, None).needs_keys(NOW_MS), "HS256 needs no keys");
 }
@@ -317,10 +348,9 @@ fn reuse_zero_signs_every_request_and_every_jti_is_unique() {
     }
     assert_eq!(jtis.len(), 20);
     let mut tokens = RecentTokens::new(0, TOKEN_CAPACITY);
-    let signer = TokenSigner::Es256(key);
-    let random = Randomness::default();
-    tokens.token(&record, &signer, &TokenSettings::default(), NOW, random.draw()).unwrap();
+    tokens.keep(&record, key.kid(), "a token".into(), NOW);
     assert!(tokens.is_empty(), "nothing is held when nothing is reused");
+    assert!(tokens.reusable(&record, key.kid(), NOW).is_none());
 }
 
 /// 16 bytes from the OS CSPRNG, as the worker gets them from crypto.getRandomValues.
@@ -397,8 +427,13 @@ fn without_a_way_to_sign_there_is_no_token_and_the_cause_is_reported_once() {
     let mut no_randomness = es256(vec![sealed(&signing_key("k"), 1, NOW)], 10);
     assert_eq!(no_randomness.token(&record, NOW_MS, || None), Err(NoToken::NoRandomness));
 
-    for cause in [NoToken::NoSigningKey, NoToken::SigningKeyUnopenable, NoToken::NoOriginSecret, NoToken::NoRandomness]
-    {
+    for cause in [
+        NoToken::NoSigningKey,
+        NoToken::SigningKeyUnopenable,
+        NoToken::NoOriginSecret,
+        NoToken::NoRandomness,
+        NoToken::SigningFailed,
+    ] {
         assert!(cause.message().starts_with("keygate: ") && cause.message().contains("without Authorization"));
     }
 }
@@ -413,25 +448,24 @@ fn the_identitys_debug_shows_no_key_material_and_no_token() {
     assert!(!printed.contains(&hex(&*scalar)) && !printed.contains(&URL_SAFE_NO_PAD.encode(*scalar)));
     assert!(!printed.contains(&*token) && !printed.contains(token.rsplit('.').next().unwrap()));
     assert!(printed.contains("Minted { seq: 1, kid: \"k\", iat: 1800000000, .. }"), "{printed}");
-    assert!(printed.contains(r#"OriginSigningKey { kid: "k", .. }"#));
 }
 
 #[test]
 fn the_token_cache_stays_within_its_capacity_and_sweeps_old_tokens() {
-    let signer = TokenSigner::Hs256(OriginSecret::new("s"));
-    let settings = TokenSettings::default();
-    let random = Randomness::default();
     let mut tokens = RecentTokens::new(10, 3);
     for id in 0..10 {
-        tokens.token(&key_record(id, 1, None), &signer, &settings, NOW, random.draw()).unwrap();
+        tokens.keep(&key_record(id, 1, None), "k", "a token".into(), NOW);
         assert!(tokens.len() <= 3);
     }
     let mut tokens = RecentTokens::new(10, TOKEN_CAPACITY);
     for id in 0..50 {
-        tokens.token(&key_record(id, 1, None), &signer, &settings, NOW, random.draw()).unwrap();
+        tokens.keep(&key_record(id, 1, None), "k", "a token".into(), NOW);
     }
     assert_eq!(tokens.len(), 50);
-    tokens.token(&key_record(100, 1, None), &signer, &settings, NOW + 10, random.draw()).unwrap();
+    assert!(tokens.reusable(&key_record(7, 1, None), "k", NOW + 9).is_some());
+    assert!(tokens.reusable(&key_record(7, 1, None), "another kid", NOW + 9).is_none());
+    assert!(tokens.reusable(&key_record(7, 2, None), "k", NOW + 9).is_none(), "another seq");
+    tokens.keep(&key_record(100, 1, None), "k", "a token".into(), NOW + 10);
     assert_eq!(tokens.len(), 1, "tokens that may no longer be reused were swept");
 }
 

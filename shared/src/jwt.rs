@@ -7,8 +7,6 @@
 //! [`MAX_REUSE_SECS`]: signing is the costly part.
 
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::Mac;
@@ -124,23 +122,44 @@ impl TokenSigner {
 
     /// The token, in JWS compact form.
     pub fn sign(&self, claims: &Claims<'_>) -> String {
-        let header = Header { alg: self.alg(), kid: self.kid(), typ: "JWT" };
-        let mut token = String::with_capacity(512);
-        append_b64_json(&mut token, &header);
-        token.push('.');
-        append_b64_json(&mut token, claims);
-        let signature: Vec<u8> = match self {
-            Self::Es256(key) => key.sign(token.as_bytes()).to_vec(),
-            Self::Hs256(secret) => {
-                let mut mac = secret.keyed_hmac();
-                mac.update(token.as_bytes());
-                mac.finalize().into_bytes().to_vec()
+        let input = signing_input(self.alg(), self.kid(), claims);
+        match self {
+            Self::Es256(key) => {
+                let signature = key.sign(input.as_bytes());
+                compact(input, &signature)
             }
-        };
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        token
+            Self::Hs256(secret) => {
+                let signature = hs256(secret, &input);
+                compact(input, &signature)
+            }
+        }
     }
+}
+
+/// The JWS signing input, `base64url(header) "." base64url(claims)`: what an ES256 or HS256 signature
+/// covers. The edge signs it with WebCrypto (ES256) or the origin secret (HS256) and calls [`compact`].
+pub fn signing_input(alg: &str, kid: &str, claims: &Claims<'_>) -> String {
+    let header = Header { alg, kid, typ: "JWT" };
+    let mut input = String::with_capacity(512);
+    append_b64_json(&mut input, &header);
+    input.push('.');
+    append_b64_json(&mut input, claims);
+    input
+}
+
+/// The token in JWS compact form: the signing input, `.`, and the signature in base64url (for ES256
+/// the 64-byte `r || s`, RFC 7518 §3.4, which is also what WebCrypto's ECDSA returns).
+pub fn compact(mut input: String, signature: &[u8]) -> String {
+    input.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut input);
+    input
+}
+
+/// The HS256 signature over `input` with the origin secret.
+pub fn hs256(secret: &OriginSecret, input: &str) -> [u8; 32] {
+    let mut mac = secret.keyed_hmac();
+    mac.update(input.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 fn append_b64_json<T: Serialize>(out: &mut String, value: &T) {

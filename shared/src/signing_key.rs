@@ -2,10 +2,11 @@
 //! and sent to the edge sealed, so neither the replication channel nor the edge's KV holds one in the
 //! clear.
 //!
-//! Sealing for the edge: AES-256-GCM under a key derived with HKDF-SHA256 from the sync secret the
-//! control plane and the edge already share, with a random 96-bit nonce and AAD binding the key id,
-//! its version and its activation time. The edge stores the sealed form as it came and opens it in
-//! memory; whoever reads KV without the sync secret cannot sign.
+//! Sealing for the edge: the private key as a JWK (`d`, `x`, `y`: the form WebCrypto imports), under
+//! AES-256-GCM with a key derived with HKDF-SHA256 from the sync secret the control plane and the edge
+//! already share, a random 96-bit nonce, and AAD binding the key id, its version and its activation
+//! time. The edge stores the sealed form as it came and opens it in memory; whoever reads KV without
+//! the sync secret cannot sign.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -102,6 +103,25 @@ impl OriginSigningKey {
         bytes
     }
 
+    /// The private key as a JWK (RFC 7518 §6.2.2): what WebCrypto's `importKey("jwk", ...)` takes.
+    fn private_jwk(&self) -> Zeroizing<String> {
+        let public = self.public_jwk();
+        let d = Zeroizing::new(URL_SAFE_NO_PAD.encode(*self.to_scalar()));
+        let mut jwk = Zeroizing::new(String::with_capacity(192));
+        for part in [
+            r#"{"kty":"EC","crv":"P-256","d":""#,
+            d.as_str(),
+            r#"","x":""#,
+            &public.x,
+            r#"","y":""#,
+            &public.y,
+            r#""}"#,
+        ] {
+            jwk.push_str(part);
+        }
+        jwk
+    }
+
     /// The key sealed for the edge under `secret`, as version `version`, to be used from `activates_at`.
     pub fn seal_for_edge<R: RngCore + CryptoRng + ?Sized>(
         &self,
@@ -112,10 +132,10 @@ impl OriginSigningKey {
     ) -> Result<SealedSigningKey, SigningKeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let scalar = self.to_scalar();
+        let jwk = self.private_jwk();
         let aad = aad(&self.kid, version, activates_at);
         let ciphertext = cipher(secret)
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: scalar.as_slice(), aad: &aad })
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: jwk.as_bytes(), aad: &aad })
             .map_err(|_| SigningKeyError::Seal)?;
         let mut sealed = nonce.to_vec();
         sealed.extend(ciphertext);
@@ -157,19 +177,33 @@ pub struct SealedSigningKey {
 }
 
 impl SealedSigningKey {
-    /// Opens the key with the sync secret it was sealed under.
-    pub fn open(&self, secret: &SyncSecret) -> Result<OriginSigningKey, SigningKeyError> {
+    /// Opens the key with the sync secret it was sealed under, as the private JWK (`kty`, `crv`, `d`,
+    /// `x`, `y`) WebCrypto imports. Wiped on drop.
+    pub fn open_private_jwk(&self, secret: &SyncSecret) -> Result<Zeroizing<String>, SigningKeyError> {
         let sealed = URL_SAFE_NO_PAD.decode(&self.sealed).map_err(|_| SigningKeyError::Malformed)?;
         if sealed.len() <= NONCE_LEN {
             return Err(SigningKeyError::Unauthentic);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let aad = aad(&self.kid, self.version, self.activates_at);
-        let scalar = Zeroizing::new(
-            cipher(secret)
-                .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
-                .map_err(|_| SigningKeyError::Unauthentic)?,
-        );
+        let plain = cipher(secret)
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+            .map_err(|_| SigningKeyError::Unauthentic)?;
+        String::from_utf8(plain).map(Zeroizing::new).map_err(|e| {
+            drop(Zeroizing::new(e.into_bytes()));
+            SigningKeyError::BadScalar
+        })
+    }
+
+    /// Opens the key with the sync secret it was sealed under.
+    pub fn open(&self, secret: &SyncSecret) -> Result<OriginSigningKey, SigningKeyError> {
+        let jwk = self.open_private_jwk(secret)?;
+        let d = jwk
+            .split_once(r#""d":""#)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(d, _)| d)
+            .ok_or(SigningKeyError::BadScalar)?;
+        let scalar = Zeroizing::new(URL_SAFE_NO_PAD.decode(d).map_err(|_| SigningKeyError::BadScalar)?);
         OriginSigningKey::from_scalar(self.kid.clone(), &scalar)
     }
 }
@@ -229,6 +263,12 @@ mod tests {
         let opened = sealed.open(&secret).unwrap();
         assert_eq!(opened.public_jwk(), key.public_jwk());
         assert_eq!(*opened.to_scalar(), *key.to_scalar());
+        let jwk: serde_json::Value = serde_json::from_str(&sealed.open_private_jwk(&secret).unwrap()).unwrap();
+        let public = key.public_jwk();
+        assert_eq!(jwk["kty"], "EC");
+        assert_eq!(jwk["crv"], "P-256");
+        assert_eq!((jwk["x"].as_str(), jwk["y"].as_str()), (Some(public.x.as_str()), Some(public.y.as_str())));
+        assert_eq!(URL_SAFE_NO_PAD.decode(jwk["d"].as_str().unwrap()).unwrap(), key.to_scalar().to_vec());
 
         assert_eq!(sealed.open(&SyncSecret::new("other")).unwrap_err(), SigningKeyError::Unauthentic);
         for altered in [

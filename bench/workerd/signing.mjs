@@ -1,0 +1,447 @@
+// What signing the origin's JWT costs the edge per request, in workerd: the keygate worker's signer against
+// WebCrypto called from plain JS (`crypto.subtle.sign`), each beside its baseline in the same run. The
+// worker signed with p256 compiled into the wasm when this was first measured (about 0.63 ms a token); the
+// figures made it switch to WebCrypto through web-sys (BENCHMARKS.md, P9).
+//
+// Workers, each served straight from workerd through the miniflare API (not `wrangler dev`, whose proxy
+// caps throughput), one at a time, alternating in every round:
+//   passthrough                 bench/passthrough.js: forwards, checks nothing (the harness's ceiling);
+//   webcrypto-es256             bench/workerd/webcrypto_sign.js: the pass-through plus one ES256 JWT per
+//                               request signed with WebCrypto;
+//   webcrypto-unsigned          the same JWT made in JS but not signed (SIGN=0): isolates the WebCrypto call;
+//   keygate-sign-every-request  the built worker (edge-worker/build), ORIGIN_JWT_REUSE_SECS=0;
+//   keygate-reuse               the same, default reuse (one token per key per 10 s);
+//   keygate-no-key              the same with no signing key pushed: forwards without a token.
+// Load: `keygate-bench load` (closed loop, its own process), POST /graphql with X-API-Key. Origin: a node
+// http server in a child process that answers at once and counts the tokens it receives, so every run
+// also proves what it measured (a token on every request, a new one each time, or none), and the last
+// token of each run is checked against its public key.
+//
+//   KEYGATE_NODE_MODULES=... KEYGATE_BENCH_BIN=target/release/keygate-bench node bench/workerd/signing.mjs
+//
+// Env: SIGNING_BENCH_ROUNDS (3), SIGNING_BENCH_SECS (10), SIGNING_BENCH_WARMUP (2),
+// SIGNING_BENCH_CONNECTIONS (8), SIGNING_BENCH_WORKERS (comma-separated subset), SIGNING_BENCH_CRITERION
+// (a criterion folder: adds the native figures of `cargo bench --bench origin_token`),
+// SIGNING_BENCH_JSON (also write the JSON summary there); BENCH_MODE=smoke runs 1 round of 1 s each and
+// judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to stderr.
+
+import { spawn } from "node:child_process";
+import { createHash, createHmac, webcrypto } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import { createRequire } from "node:module";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = fileURLToPath(import.meta.url);
+const root = path.resolve(path.dirname(here), "../..");
+const ANSWER = '{"data":{"hello":"world"}}';
+const QUERY = '{"query":"{ hello }"}';
+
+if (process.argv[2] === "origin") {
+  origin(Number(process.argv[3]));
+} else {
+  await main().catch((error) => {
+    console.error(`signing bench: ${error.stack ?? error}`);
+    process.exitCode = 1;
+  });
+  // The origin's process and pipes would keep this one alive.
+  process.exit();
+}
+
+// The origin: every request answered at once with the same JSON. `GET /_stats` says what came in since
+// the last `GET /_stats?reset`: requests, how many carried a Bearer token, how many distinct tokens, and
+// the last token.
+function origin(port) {
+  const answer = Buffer.from(ANSWER);
+  let requests = 0;
+  let bearer = 0;
+  let tokens = new Set();
+  let last = null;
+  const server = http.createServer((request, response) => {
+    if (request.url.startsWith("/_stats")) {
+      const body = JSON.stringify({ requests, bearer, distinct: tokens.size, last_token: last });
+      if (request.url.includes("reset")) [requests, bearer, tokens, last] = [0, 0, new Set(), null];
+      response.writeHead(200, { "content-type": "application/json" }).end(body);
+      return;
+    }
+    requests += 1;
+    const authorization = request.headers.authorization;
+    if (authorization?.startsWith("Bearer ")) {
+      bearer += 1;
+      last = authorization.slice(7);
+      tokens.add(last);
+    }
+    request.resume();
+    request.on("end", () => {
+      response.writeHead(200, { "content-type": "application/json", "content-length": answer.length }).end(answer);
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  server.listen(port, "127.0.0.1", () => process.stdout.write("ready\n"));
+}
+
+async function main() {
+  const env = process.env;
+  const smoke = env.BENCH_MODE === "smoke";
+  const number = (name, fallback) => (smoke || env[name] === undefined ? fallback : Number(env[name]));
+  const rounds = number("SIGNING_BENCH_ROUNDS", smoke ? 1 : 3);
+  const seconds = number("SIGNING_BENCH_SECS", smoke ? 1 : 10);
+  const warmup = number("SIGNING_BENCH_WARMUP", smoke ? 0.5 : 2);
+  const connections = Number(env.SIGNING_BENCH_CONNECTIONS ?? 8);
+  const bin = env.KEYGATE_BENCH_BIN;
+  if (!bin || !existsSync(bin)) throw new Error("KEYGATE_BENCH_BIN must name the keygate-bench binary");
+  if (!env.KEYGATE_NODE_MODULES) throw new Error("KEYGATE_NODE_MODULES is not set (eval scripts/tools.sh)");
+  const require = createRequire(`${env.KEYGATE_NODE_MODULES}/`);
+  const { Miniflare } = require("miniflare");
+  const compatibilityDate = readFileSync(path.join(root, "wrangler.toml"), "utf8").match(
+    /^compatibility_date\s*=\s*"([^"]+)"/m,
+  )[1];
+  const built = path.join(root, "edge-worker/build");
+  if (!existsSync(path.join(built, "index.js"))) throw new Error("no built worker: run scripts/build-worker.sh");
+
+  const children = [];
+  let live; // the Miniflare instance running now
+  const stop = () => {
+    for (const child of children) child.kill("SIGKILL");
+  };
+  process.on("exit", stop);
+  for (const signal of ["SIGINT", "SIGTERM"]) {
+    process.on(signal, async () => {
+      await live?.dispose().catch(() => {});
+      stop();
+      process.exit(130);
+    });
+  }
+
+  // The origin, in its own process.
+  const originPort = await freePort();
+  const originUrl = `http://127.0.0.1:${originPort}`;
+  const originChild = spawn(process.execPath, [here, "origin", String(originPort)], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(originChild);
+  await new Promise((resolve, reject) => {
+    originChild.stdout.once("data", resolve);
+    originChild.once("exit", (code) => reject(new Error(`the origin exited (${code})`)));
+  });
+  const originStats = async (reset) => (await fetch(`${originUrl}/_stats${reset ? "?reset" : ""}`)).json();
+
+  // The key, its record and the sealed signing key, made by the Rust code the control plane uses.
+  const syncSecret = webcrypto.getRandomValues(Buffer.alloc(32)).toString("hex");
+  const originSecret = webcrypto.getRandomValues(Buffer.alloc(32)).toString("hex");
+  const fixture = JSON.parse(await run(bin, ["fixture", "--sync-secret", syncSecret]));
+  // The WebCrypto worker's key: made here, handed to the worker as a JWK, imported there once per isolate.
+  const pair = await webcrypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
+  const webcryptoJwk = { ...(await webcrypto.subtle.exportKey("jwk", pair.privateKey)), kid: "bench-webcrypto" };
+  const { d: _private, ...webcryptoPublic } = webcryptoJwk;
+
+  const keygate = (vars) => ({
+    scriptPath: path.join(built, "index.js"),
+    modulesRoot: built,
+    kvNamespaces: ["KEYGATE_RECORDS"],
+    bindings: {
+      ORIGIN_URL: originUrl,
+      SYNC_SECRET: syncSecret,
+      ORIGIN_SECRET: originSecret,
+      TIERS: '{"default": 1000000000}',
+      FAILED_ATTEMPTS_PER_MINUTE: "0",
+      ...vars,
+    },
+  });
+  // expect: what the origin must see over a run. `every`: a token on every request, a new one each time;
+  // `reused`: a token on every request, few distinct ones; `none`: no token.
+  const workers = [
+    {
+      name: "passthrough",
+      options: { scriptPath: path.join(root, "bench/passthrough.js"), modulesRoot: path.join(root, "bench"), bindings: { ORIGIN_URL: originUrl } },
+      expect: "none",
+    },
+    {
+      name: "webcrypto-es256",
+      options: {
+        scriptPath: path.join(root, "bench/workerd/webcrypto_sign.js"),
+        modulesRoot: path.join(root, "bench/workerd"),
+        bindings: { ORIGIN_URL: originUrl, SIGNING_JWK: JSON.stringify(webcryptoJwk), SIGNING_KID: webcryptoJwk.kid, TOKEN_SUB: fixture.record.key_id },
+      },
+      expect: "every",
+      jwk: webcryptoPublic,
+    },
+    {
+      name: "webcrypto-unsigned",
+      options: {
+        scriptPath: path.join(root, "bench/workerd/webcrypto_sign.js"),
+        modulesRoot: path.join(root, "bench/workerd"),
+        bindings: { ORIGIN_URL: originUrl, SIGNING_JWK: JSON.stringify(webcryptoJwk), SIGNING_KID: webcryptoJwk.kid, TOKEN_SUB: fixture.record.key_id, SIGN: "0" },
+      },
+      expect: "every",
+    },
+    { name: "keygate-sign-every-request", options: keygate({ ORIGIN_JWT_REUSE_SECS: "0" }), push: true, expect: "every", jwk: fixture.jwk },
+    { name: "keygate-reuse", options: keygate({}), push: true, expect: "reused", jwk: fixture.jwk },
+    { name: "keygate-no-key", options: keygate({}), push: false, expect: "none" },
+  ].filter((w) => !env.SIGNING_BENCH_WORKERS || env.SIGNING_BENCH_WORKERS.split(",").includes(w.name));
+  const runs = Object.fromEntries(workers.map((w) => [w.name, []]));
+
+  // One worker: start it, push the key (keygate), check one request, load it, check what the origin saw.
+  async function measure(worker, round) {
+    const mf = new Miniflare({
+      modules: true,
+      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+      compatibilityDate,
+      host: "127.0.0.1",
+      port: await freePort(),
+      cf: false,
+      // The worker's console goes to stderr (stdout is the report); workerd's stdout carries the same
+      // lines as structured logs.
+      handleRuntimeStdio: (stdout, stderr) => {
+        stdout.resume();
+        stderr.on("data", (chunk) => process.stderr.write(chunk));
+      },
+      handleStructuredLogs: ({ level, message }) => {
+        process.stderr.write(`[${worker.name} ${level}] ${message}\n`);
+      },
+      ...worker.options,
+    });
+    live = mf;
+    try {
+      const base = new URL(await mf.ready).origin;
+      if (worker.options.kvNamespaces) await push(base, worker.push);
+      const probe = await fetch(`${base}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-api-key": fixture.api_key },
+        body: QUERY,
+      });
+      const probeBody = await probe.text();
+      if (probe.status !== 200) throw new Error(`${worker.name}: the first request got ${probe.status}: ${probeBody}`);
+      await originStats(true);
+      const result = JSON.parse(
+        await run(bin, [
+          "load", "--url", `${base}/graphql`, "--method", "POST", "--header", "content-type: application/json",
+          "--header", `x-api-key: ${fixture.api_key}`, "--body", QUERY, "--connections", String(connections),
+          "--seconds", String(seconds), "--warmup", String(warmup), "--label", worker.name,
+        ]),
+      );
+      const seen = await originStats(true);
+      const problems = await check(worker, result, seen);
+      const { last_token: _token, ...origin } = seen;
+      const entry = { round, ...pick(result, ["rps", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "requests", "statuses", "errors"]), origin, problems };
+      runs[worker.name].push(entry);
+      console.error(
+        `  round ${round} ${worker.name.padEnd(27)} ${String(result.rps).padStart(6)} req/s  mean ${result.mean_ms} ms  p99 ${result.p99_ms} ms  origin: ${origin.requests} requests, ${origin.bearer} with a token, ${origin.distinct} distinct${problems.length ? `  PROBLEM: ${problems.join("; ")}` : ""}`,
+      );
+    } finally {
+      await mf.dispose();
+      live = undefined;
+    }
+  }
+
+  // A signed push (DESIGN.md): HMAC-SHA256 hex over `timestamp + "." + body`.
+  async function push(base, withKey) {
+    const body = JSON.stringify({ records: [fixture.record], ...(withKey ? { signing_keys: [fixture.signing_key] } : {}) });
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    const signature = createHmac("sha256", syncSecret).update(`${timestamp}.${body}`).digest("hex");
+    const answer = await fetch(`${base}/_keygate/sync`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "X-Keygate-Timestamp": timestamp, "X-Keygate-Signature": signature },
+      body,
+    });
+    const text = await answer.text();
+    if (answer.status !== 200) throw new Error(`the push got ${answer.status}: ${text}`);
+  }
+
+  console.error(
+    `== signing bench: ${workers.length} workers × ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ${connections} connections${smoke ? " (smoke)" : ""}`,
+  );
+  for (let round = 1; round <= rounds; round += 1) {
+    // Each round starts one worker later, so drift in the machine's speed falls on all of them.
+    for (let i = 0; i < workers.length; i += 1) await measure(workers[(i + round - 1) % workers.length], round);
+  }
+
+  const summary = summarize(runs, { rounds, seconds, warmup, connections, smoke });
+  // Which build of the worker was measured.
+  const wasm = readFileSync(path.join(built, "index_bg.wasm"));
+  summary.worker_wasm = { bytes: wasm.length, sha256: createHash("sha256").update(wasm).digest("hex") };
+  if (env.SIGNING_BENCH_CRITERION) summary.native = native(env.SIGNING_BENCH_CRITERION);
+  const markdown = report(summary);
+  if (env.SIGNING_BENCH_JSON) writeFileSync(env.SIGNING_BENCH_JSON, `${JSON.stringify(summary, null, 2)}\n`);
+  process.stdout.write(`${markdown}\n\`\`\`json\n${JSON.stringify(summary, null, 2)}\n\`\`\`\n`);
+  const problems = Object.values(runs).flat().flatMap((r) => r.problems);
+  if (problems.length) {
+    console.error(`signing bench: ${problems.length} run(s) did not measure what they should (see PROBLEM above)`);
+    process.exitCode = 1;
+  }
+}
+
+// Whether a run measured what it claims: only 200s, no errors, and the tokens the origin saw.
+async function check(worker, result, seen) {
+  const problems = [];
+  const statuses = Object.keys(result.statuses);
+  if (result.errors || statuses.some((s) => s !== "200")) {
+    problems.push(`statuses ${JSON.stringify(result.statuses)}, ${result.errors} errors`);
+  }
+  if (seen.requests < result.requests) problems.push(`the origin saw ${seen.requests} of ${result.requests} requests`);
+  if (worker.expect === "none" && seen.bearer) problems.push(`${seen.bearer} requests carried a token`);
+  if (worker.expect !== "none" && seen.bearer !== seen.requests) {
+    problems.push(`${seen.requests - seen.bearer} of ${seen.requests} requests had no token`);
+  }
+  if (worker.expect === "every" && seen.distinct !== seen.bearer) {
+    problems.push(`${seen.bearer - seen.distinct} tokens were sent more than once`);
+  }
+  if (worker.expect === "reused" && seen.distinct > Math.max(5, seen.bearer / 100)) {
+    problems.push(`${seen.distinct} distinct tokens for ${seen.bearer} requests: not reused`);
+  }
+  if (worker.jwk && seen.last_token && !(await verifies(seen.last_token, worker.jwk))) {
+    problems.push("the last token does not verify with the signing key");
+  }
+  return problems;
+}
+
+async function verifies(token, jwk) {
+  const [header, claims, signature] = token.split(".");
+  const key = await webcrypto.subtle.importKey("jwk", { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+  const kid = JSON.parse(Buffer.from(header, "base64url")).kid;
+  return (
+    kid === jwk.kid &&
+    webcrypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, Buffer.from(signature, "base64url"), Buffer.from(`${header}.${claims}`))
+  );
+}
+
+function summarize(runs, settings) {
+  const median = (values) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    const mid = sorted.length >> 1;
+    return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+  };
+  const workers = {};
+  for (const [name, list] of Object.entries(runs)) {
+    if (!list.length) continue;
+    workers[name] = {
+      rps: median(list.map((r) => r.rps)),
+      mean_ms: median(list.map((r) => r.mean_ms)),
+      p50_ms: median(list.map((r) => r.p50_ms)),
+      p99_ms: median(list.map((r) => r.p99_ms)),
+      runs: list,
+    };
+  }
+  // What `measured` adds per request over `baseline`, in µs: by mean latency; by throughput as the brief of
+  // a closed loop has it (connections × Δ(1/rps), which Little's law makes the same quantity); and Δ(1/rps)
+  // alone, the time the work adds per request where one thread (the isolate's) is the bottleneck.
+  const cost = (measured, baseline) => {
+    const [m, b] = [workers[measured], workers[baseline]];
+    if (!m || !b) return undefined;
+    return {
+      measured,
+      baseline,
+      mean_latency_us: round((m.mean_ms - b.mean_ms) * 1000),
+      throughput_latency_us: round(settings.connections * (1 / m.rps - 1 / b.rps) * 1e6),
+      service_time_us: round((1 / m.rps - 1 / b.rps) * 1e6),
+      throughput_ratio: round(m.rps / b.rps, 3),
+    };
+  };
+  const derived = {
+    webcrypto_es256_sign: cost("webcrypto-es256", "passthrough"),
+    webcrypto_sign_call: cost("webcrypto-es256", "webcrypto-unsigned"),
+    keygate_sign: cost("keygate-sign-every-request", "keygate-reuse"),
+    keygate_sign_vs_no_key: cost("keygate-sign-every-request", "keygate-no-key"),
+    keygate_reuse_vs_no_key: cost("keygate-reuse", "keygate-no-key"),
+    keygate_no_key_vs_passthrough: cost("keygate-no-key", "passthrough"),
+  };
+  for (const key of Object.keys(derived)) if (!derived[key]) delete derived[key];
+  const { webcrypto_es256_sign: wc, keygate_sign: keygate } = derived;
+  if (wc && keygate && wc.service_time_us > 0) derived.keygate_over_webcrypto = round(keygate.service_time_us / wc.service_time_us, 2);
+  const harness = workers.passthrough
+    ? { passthrough_rps: workers.passthrough.rps, goal_rps: 2000, judged: !settings.smoke, met: settings.smoke ? null : workers.passthrough.rps >= 2000 }
+    : undefined;
+  return { settings, machine: { cores: os.availableParallelism(), node: process.version }, harness, workers, derived };
+}
+
+function round(value, digits = 1) {
+  const scale = 10 ** digits;
+  return Math.round(value * scale) / scale;
+}
+
+function pick(object, keys) {
+  return Object.fromEntries(keys.map((k) => [k, object[k]]));
+}
+
+// criterion's medians (ns) for the origin_token benchmarks, if they were run.
+function native(dir) {
+  const out = {};
+  for (const name of ["identity_header_hmac", "jwt_hs256", "jwt_es256", "open_sealed_signing_key"]) {
+    const file = path.join(dir, name, "new", "estimates.json");
+    if (existsSync(file)) out[`${name}_ns`] = round(JSON.parse(readFileSync(file, "utf8")).median.point_estimate, 0);
+  }
+  return out;
+}
+
+function report(summary) {
+  const { settings, workers, derived, harness, native: nat, worker_wasm: wasm } = summary;
+  const lines = [
+    `## Origin-token signing in workerd (${settings.rounds} round(s) × ${settings.seconds} s per worker, ${settings.connections} connections, medians of the rounds)`,
+    "",
+    `Worker measured: edge-worker/build/index_bg.wasm, ${wasm.bytes} bytes, sha256 ${wasm.sha256.slice(0, 16)}….`,
+    "",
+    "| worker | req/s | mean | p50 | p99 | req/s per round | tokens at the origin (last round) |",
+    "|---|---|---|---|---|---|---|",
+  ];
+  for (const [name, w] of Object.entries(workers)) {
+    const last = w.runs[w.runs.length - 1].origin;
+    const tokens = last.bearer ? `${last.bearer} of ${last.requests} requests, ${last.distinct} distinct` : `none (${last.requests} requests)`;
+    lines.push(`| ${name} | ${w.rps} | ${w.mean_ms} ms | ${w.p50_ms} ms | ${w.p99_ms} ms | ${w.runs.map((r) => r.rps).join(", ")} | ${tokens} |`);
+  }
+  lines.push("", "| cost per request | measured − baseline | Δ mean latency | connections × Δ(1/rps) | Δ(1/rps) | throughput ratio |", "|---|---|---|---|---|---|");
+  const names = {
+    webcrypto_es256_sign: "ES256 JWT with WebCrypto (token made in JS + sign)",
+    webcrypto_sign_call: "the WebCrypto sign call alone",
+    keygate_sign: "ES256 JWT minted by the keygate worker (claims in Rust + its signer)",
+    keygate_sign_vs_no_key: "ES256 JWT minted by the keygate worker, vs no key",
+    keygate_reuse_vs_no_key: "keygate with token reuse, vs no key",
+    keygate_no_key_vs_passthrough: "keygate without signing, vs pass-through",
+  };
+  for (const [key, c] of Object.entries(derived)) {
+    if (typeof c !== "object") continue;
+    lines.push(`| ${names[key]} | ${c.measured} − ${c.baseline} | ${c.mean_latency_us} µs | ${c.throughput_latency_us} µs | ${c.service_time_us} µs | ${c.throughput_ratio}× |`);
+  }
+  if (derived.keygate_over_webcrypto !== undefined) {
+    lines.push("", `Minting a token in the keygate worker costs ${derived.keygate_over_webcrypto}× what minting it in JS with WebCrypto costs (by Δ(1/rps)).`);
+  }
+  lines.push(
+    "",
+    "Δ(1/rps) is the time a worker's extra work adds per request where one thread (the isolate's) is the bottleneck. In a closed loop, " +
+      "connections × Δ(1/rps) equals Δ mean latency (Little's law): with several connections it counts the queueing too. With " +
+      "SIGNING_BENCH_CONNECTIONS=1 there is no queue, and Δ mean latency is the latency the work adds to each request.",
+  );
+  if (nat && Object.keys(nat).length) {
+    lines.push("", `Native (criterion, \`cargo bench -p keygate-shared --bench origin_token\`): ${Object.entries(nat).map(([k, v]) => `${k.replace(/_ns$/, "")} ${v >= 1000 ? `${round(v / 1000, 2)} µs` : `${v} ns`}`).join(", ")}.`);
+  }
+  if (harness) {
+    lines.push("", harness.judged
+      ? `Harness check: the pass-through worker made ${harness.passthrough_rps} req/s (goal ≥ ${harness.goal_rps}): ${harness.met ? "met" : "**missed**: the harness, not the worker, may be the bottleneck"}.`
+      : `Harness check: smoke mode, not judged (pass-through ${harness.passthrough_rps} req/s).`);
+  }
+  return lines.join("\n");
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+// A command's stdout; it must succeed.
+function run(command, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (chunk) => (out += chunk));
+    child.once("error", reject);
+    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${path.basename(command)} ${args[0]} exited ${code}`))));
+  });
+}
