@@ -8,5 +8,6 @@ pub mod envelope;
 pub mod kms;
 pub mod origin_keys;
 pub mod replicator;
+pub mod rng;
 pub mod service;
 pub mod store;

@@ -9,16 +9,16 @@
 //! meets a token signed with it. Key N is retired when N+1 activates, and stays published until every
 //! token it signed has expired.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use keygate_shared::{KeyId, OriginSigningKey, SealedSigningKey, SyncSecret};
-use rand_core::CryptoRngCore;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
 use crate::kms::{Kms, KmsContext, KmsError};
+use crate::rng::SharedRng;
 use crate::store::{OriginKeyRow, Store, StoreError};
 
 /// How keys are published and retired.
@@ -150,7 +150,7 @@ pub struct OriginKeys {
     store: Arc<dyn Store>,
     kms: Arc<dyn Kms>,
     clock: Arc<dyn Clock>,
-    rng: Arc<Mutex<Box<dyn CryptoRngCore + Send>>>,
+    rng: SharedRng,
     policy: OriginKeyPolicy,
 }
 
@@ -172,7 +172,7 @@ impl OriginKeys {
         store: Arc<dyn Store>,
         kms: Arc<dyn Kms>,
         clock: Arc<dyn Clock>,
-        rng: Arc<Mutex<Box<dyn CryptoRngCore + Send>>>,
+        rng: SharedRng,
         policy: OriginKeyPolicy,
     ) -> Self {
         Self { store, kms, clock, rng, policy }
@@ -181,11 +181,6 @@ impl OriginKeys {
     /// The publishing policy.
     pub fn policy(&self) -> &OriginKeyPolicy {
         &self.policy
-    }
-
-    fn with_rng<T>(&self, f: impl FnOnce(&mut dyn CryptoRngCore) -> T) -> T {
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        f(rng.as_mut())
     }
 
     /// Every stored key, oldest first.
@@ -197,11 +192,11 @@ impl OriginKeys {
     /// caller stores it.
     pub async fn make(&self, version: i64, activates_at: i64) -> Result<OriginKeyRow, OriginKeyError> {
         let now_ms = self.clock.now_millis();
-        let kid = self.with_rng(|rng| KeyId::new_v7(u64::try_from(now_ms).unwrap_or(0), rng));
-        let key = self.with_rng(|rng| OriginSigningKey::generate(kid.to_string(), &mut &mut *rng));
+        let kid = self.rng.with(|rng| KeyId::new_v7(u64::try_from(now_ms).unwrap_or(0), rng));
+        let key = self.rng.with(|rng| OriginSigningKey::generate(kid.to_string(), &mut &mut *rng));
         let (data_key, wrapped) = self.kms.generate_data_key(&KmsContext::origin_signing_key(kid)).await?;
         let scalar = key.to_scalar();
-        let ciphertext = self.with_rng(|rng| envelope::seal_bytes(&data_key, scalar.as_slice(), &aad(kid), rng))?;
+        let ciphertext = self.rng.with(|rng| envelope::seal_bytes(&data_key, scalar.as_slice(), &aad(kid), rng))?;
         let public_jwk = serde_json::to_string(&key.public_jwk()).map_err(|_| OriginKeyError::Corrupt)?;
         Ok(OriginKeyRow {
             version,
@@ -232,7 +227,8 @@ impl OriginKeys {
             let key = self.open(row).await?;
             let version = u64::try_from(row.version).map_err(|_| OriginKeyError::Corrupt)?;
             let for_edge = self
-                .with_rng(|rng| key.seal_for_edge(secret, version, row.activates_at, rng))
+                .rng
+                .with(|rng| key.seal_for_edge(secret, version, row.activates_at, rng))
                 .map_err(|_| OriginKeyError::Corrupt)?;
             sealed.push(for_edge);
         }

@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
 use crate::kms::{Kms, KmsContext, KmsError};
 use crate::origin_keys::{self, OriginKeyError, OriginKeyPolicy, OriginKeyStatus, OriginKeys};
+use crate::rng::SharedRng;
 use crate::store::{Change, KeyRow, Op, OriginKeyRow, SecretRow, Store, StoreError};
 
 /// Seconds in a day.
@@ -276,7 +277,7 @@ pub struct Service {
     store: Arc<dyn Store>,
     kms: Arc<dyn Kms>,
     clock: Arc<dyn Clock>,
-    rng: Arc<Mutex<Box<dyn CryptoRngCore + Send>>>,
+    rng: SharedRng,
     settings: Settings,
     origin_keys: OriginKeys,
     recent: RecentKeys,
@@ -360,7 +361,7 @@ impl Service {
     ) -> Self {
         let failed =
             FailedAttempts::new(settings.failed_attempts_per_minute, keygate_shared::attempts::DEFAULT_CAPACITY);
-        let rng = Arc::new(Mutex::new(rng));
+        let rng = SharedRng::new(rng);
         let origin_keys = OriginKeys::new(store.clone(), kms.clone(), clock.clone(), rng.clone(), settings.origin_keys);
         Self {
             store,
@@ -392,11 +393,6 @@ impl Service {
     /// The origin signing keys, for the replicator.
     pub fn origin_keys(&self) -> &OriginKeys {
         &self.origin_keys
-    }
-
-    fn with_rng<T>(&self, f: impl FnOnce(&mut dyn CryptoRngCore) -> T) -> T {
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        f(rng.as_mut())
     }
 
     /// Applies a change and logs its audit entry (ids and outcome, never the detail): the operator's
@@ -451,7 +447,7 @@ impl Service {
         let (data_key, wrapped) = self.kms.generate_data_key(&KmsContext::api_key_secret(key.key_id())).await?;
         let generation_tag = u32::try_from(generation).map_err(|_| ServiceError::Conflict)?;
         let ciphertext =
-            self.with_rng(|rng| envelope::seal(&data_key, key, generation_tag, rng)).map_err(ServiceError::Sealed)?;
+            self.rng.with(|rng| envelope::seal(&data_key, key, generation_tag, rng)).map_err(ServiceError::Sealed)?;
         Ok(SecretRow {
             key_id: key.key_id(),
             generation,
@@ -531,7 +527,7 @@ impl Service {
         let checked = validate_new_key(request, &self.settings)?;
         let now = self.clock.now();
         let millis = u64::try_from(self.clock.now_millis()).unwrap_or(0);
-        let key = self.with_rng(|rng| ApiKey::generate(&self.settings.prefix, &checked.region, millis, rng));
+        let key = self.rng.with(|rng| ApiKey::generate(&self.settings.prefix, &checked.region, millis, rng));
         let secret = self.seal_generation(&key, 1, now).await?;
         let row = KeyRow {
             id: key.key_id(),
@@ -608,7 +604,7 @@ impl Service {
             Prefix::new(&row.prefix).map_err(|_| ServiceError::Internal(StoreError::Corrupt("prefix".into())))?;
         let region =
             Region::new(&row.region).map_err(|_| ServiceError::Internal(StoreError::Corrupt("region".into())))?;
-        let key = self.with_rng(|rng| ApiKey::assemble(&prefix, &region, id, &KeySecret::generate(rng)));
+        let key = self.rng.with(|rng| ApiKey::assemble(&prefix, &region, id, &KeySecret::generate(rng)));
         let generation = row.generation + 1;
         let secret = self.seal_generation(&key, generation, now).await?;
 
