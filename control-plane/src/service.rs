@@ -503,7 +503,12 @@ impl Service {
         if !self.origin_keys.rows().await?.is_empty() {
             return Ok(None);
         }
-        self.rotate_origin_key(&Actor::System, Some(0)).await.map(Some)
+        match self.rotate_origin_key(&Actor::System, Some(0)).await {
+            Ok(made) => Ok(Some(made)),
+            // Another process starting at the same moment made version 1 first: that one serves.
+            Err(ServiceError::Conflict) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Every origin signing key with its status now, oldest first.
