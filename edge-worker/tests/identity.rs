@@ -235,7 +235,13 @@ fn a_replayed_or_older_key_never_wins() {
     let b_replaced = sealed(&b, 3, NOW - 5);
     assert_eq!(push(&kv, vec![], vec![b_replaced.clone()], NOW + 2).unwrap().signing_keys, 1);
     assert_eq!(push(&kv, vec![], vec![b2], NOW + 3).unwrap().signing_keys, 0);
-    assert_eq!(kv.held(), vec![b_replaced]);
+    assert_eq!(kv.held(), vec![b_replaced.clone()]);
+    // A pending key under the same kid waits beside the active one; it does not push it out (the
+    // sync_verify fuzz target found that it once did, leaving the edge with nothing to sign with).
+    let b_pending = sealed(&b, 4, NOW + 60);
+    assert_eq!(push(&kv, vec![], vec![b_pending.clone()], NOW + 4).unwrap().signing_keys, 1);
+    assert_eq!(kv.held(), vec![b_replaced.clone(), b_pending]);
+    assert_eq!(active(&kv.held(), NOW + 4).map(|k| k.version), Some(3));
 }
 
 #[test]

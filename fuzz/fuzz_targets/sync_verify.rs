@@ -8,6 +8,9 @@
 //!   over the store's key ids, never refuses the signature; a body that does not decode changes
 //!   nothing; and no held record is replaced by one with a lower or equal `seq`: in particular a
 //!   revoked record is never undone by a replay or a reordering.
+//! - Signing keys in the built payloads (from a fixed pool, one sealed under another secret): a push
+//!   carrying a key that does not open is refused whole and changes nothing; otherwise the edge never
+//!   goes back to an older active key, and holds only keys that open.
 
 #![no_main]
 
@@ -22,12 +25,47 @@ use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::replica::{apply_push, Applied, PushRefused, RecordStore};
 use keygate_edge::signing_keys::SigningKeyStore;
 use keygate_shared::sync::MAX_CLOCK_SKEW_SECS;
+use keygate_edge::signing_keys::active;
 use keygate_shared::{
-    ApiKey, KeyId, KeyRecord, KeySecret, PermissionSet, Prefix, Region, SealedSigningKey, SecretEntry, SyncPayload, SyncSecret,
+    ApiKey, KeyId, KeyRecord, KeySecret, OriginSigningKey, PermissionSet, Prefix, Region, SealedSigningKey, SecretEntry,
+    SyncPayload, SyncSecret,
 };
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_764_400_000;
+const SECRET: &str = "fuzz-sync-secret";
+
+/// Signing keys a built payload may carry: three kids, versions 1 to 4, active or pending, sealed under
+/// the edge's secret; and, last, one sealed under another secret. Made once: key generation is slow.
+fn signing_key_pool() -> &'static Vec<SealedSigningKey> {
+    static POOL: OnceLock<Vec<SealedSigningKey>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let secret = SyncSecret::new(SECRET);
+        let mut pool = Vec::new();
+        for kid in ["a", "b", "c"] {
+            let key = OriginSigningKey::generate(kid.into(), &mut rand_core::OsRng);
+            for version in 1..=4u64 {
+                for activates_at in [NOW - 100, NOW + 100] {
+                    let Ok(sealed) = key.seal_for_edge(&secret, version, activates_at, &mut rand_core::OsRng) else {
+                        unreachable!("sealing a key cannot fail");
+                    };
+                    pool.push(sealed);
+                }
+            }
+        }
+        let foreign = OriginSigningKey::generate("f".into(), &mut rand_core::OsRng);
+        let Ok(sealed) = foreign.seal_for_edge(&SyncSecret::new("another"), 9, NOW - 1, &mut rand_core::OsRng) else {
+            unreachable!("sealing a key cannot fail");
+        };
+        pool.push(sealed);
+        pool
+    })
+}
+
+/// What the edge holds before each push: kid "b" at version 2, active.
+fn held_keys() -> Vec<SealedSigningKey> {
+    signing_key_pool().iter().filter(|k| k.kid == "b" && k.version == 2 && k.activates_at < NOW).cloned().collect()
+}
 
 /// Key ids the payloads built from the input speak of: the store holds all but the last.
 const KEY_IDS: [u128; 5] = [1, 2, 3, 4, 5];
@@ -100,8 +138,14 @@ fn held() -> &'static HashMap<String, KeyRecord> {
 }
 
 /// A payload built from the input, three bytes a record: which key id, its `seq` (around the held
-/// ones'), whether it is revoked.
+/// ones'), whether it is revoked; and where the third byte says so, a signing key from the pool.
 fn structured_payload(data: &[u8]) -> SyncPayload {
+    let pool = signing_key_pool();
+    let signing_keys = data
+        .chunks_exact(3)
+        .filter(|chunk| chunk[2] & 2 == 2)
+        .map(|chunk| pool[usize::from(chunk[1]) % pool.len()].clone())
+        .collect();
     let records = data
         .chunks_exact(3)
         .map(|chunk| {
@@ -113,15 +157,19 @@ fn structured_payload(data: &[u8]) -> SyncPayload {
             record(KEY_IDS[usize::from(chunk[0]) % KEY_IDS.len()], seq, chunk[2] & 1 == 1)
         })
         .collect();
-    SyncPayload { records, signing_keys: Vec::new() }
+    SyncPayload { records, signing_keys }
 }
 
 /// Signs `body` correctly, applies it to a store holding [`held`], and checks what changed.
 fn push_and_check(secret: &SyncSecret, body: &[u8]) {
-    let store = MemoryRecords(RefCell::new(held().clone()), RefCell::default());
+    let store = MemoryRecords(RefCell::new(held().clone()), RefCell::new(held_keys()));
     let signature = secret.sign(NOW, body);
     let outcome = run(apply_push(&store, secret, Some(&NOW.to_string()), Some(&signature), body, NOW));
     let after = store.0.into_inner();
+    let keys_after = store.1.into_inner();
+    let active_version = |keys: &[SealedSigningKey]| active(keys, NOW).map_or(0, |k| k.version);
+    assert!(active_version(&keys_after) >= active_version(&held_keys()), "the edge went back to an older key");
+    assert!(keys_after.iter().all(|k| k.open_private_jwk(secret).is_ok()), "the edge holds a key that does not open");
     match outcome {
         Ok(Applied { applied, ignored, .. }) => {
             let Ok(payload) = serde_json::from_slice::<SyncPayload>(body) else {
@@ -130,8 +178,14 @@ fn push_and_check(secret: &SyncSecret, body: &[u8]) {
             assert_eq!(applied + ignored, payload.records.len());
         }
         Err(PushRefused::BadPayload) => {
-            assert!(serde_json::from_slice::<SyncPayload>(body).is_err(), "refused a payload that decodes");
+            if let Ok(payload) = serde_json::from_slice::<SyncPayload>(body) {
+                assert!(
+                    payload.signing_keys.iter().any(|k| k.open_private_jwk(secret).is_err()),
+                    "refused a payload that decodes and whose keys all open"
+                );
+            }
             assert_eq!(&after, held(), "a refused push changed the store");
+            assert_eq!(keys_after, held_keys(), "a refused push changed the signing keys");
         }
         Err(other) => panic!("a correctly signed push was refused: {other:?}"),
     }
@@ -156,7 +210,7 @@ fn push_and_check(secret: &SyncSecret, body: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let secret = SyncSecret::new("fuzz-sync-secret");
+    let secret = SyncSecret::new(SECRET);
 
     // The signature check on fuzzed headers and body.
     let mut parts = data.splitn(3, |b| *b == b'\n');
