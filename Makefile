@@ -32,6 +32,8 @@ test: setup
 	scripts/tools.sh > /dev/null
 	# The FraiseQL origin of the end-to-end tests: fraiseql-server, fraiseql-cli and PostgreSQL 18, also once.
 	scripts/fraiseql.sh > /dev/null
+	# The graphql-yoga origin and the graphql-ws clients of the subscription and persisted-query tests.
+	scripts/graphql-node.sh > /dev/null
 	KEYGATE_KMS_SERVER="$$(scripts/kms-server.sh)" $(CARGO) test --workspace
 	# shared must stay no_std: build it (and the worker crate on top of it) for the wasm target.
 	$(CARGO) build -p keygate-shared --target $(WASM_TARGET) --no-default-features

@@ -1,6 +1,10 @@
 //! The request check, in DESIGN.md's order: key shape and checksum (no storage read) → record by key
 //! id → constant-time secret match, revocation, expiry → permission for the GraphQL operation → rate
-//! limit. It is a plain function over a [`RecordSource`], so native tests drive it without a runtime.
+//! limit. It is a plain function over a [`RecordSource`] and a [`DocumentSource`], so native tests
+//! drive it without a runtime.
+//!
+//! A persisted query (hash only) is classified from the document the edge remembers for its hash,
+//! after the key is checked; an unknown hash gets Apollo's `PERSISTED_QUERY_NOT_FOUND` answer.
 
 use keygate_shared::{Denial, KeyId, KeyRecord, ParsedKey};
 
@@ -12,6 +16,22 @@ use crate::ratelimit::{Decision, Tiers};
 pub trait RecordSource {
     /// The record stored for `key_id` (the 22-character form), if any.
     async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault>;
+}
+
+/// Where the check finds the documents of persisted queries (Workers KV in the worker).
+#[allow(async_fn_in_trait)]
+pub trait DocumentSource {
+    /// The document remembered under `hash` (64 lower-case hex digits), if any.
+    async fn document(&self, hash: &str) -> Result<Option<String>, StoreFault>;
+}
+
+/// No persisted documents: every hash is unknown.
+pub struct NoDocuments;
+
+impl DocumentSource for NoDocuments {
+    async fn document(&self, _hash: &str) -> Result<Option<String>, StoreFault> {
+        Ok(None)
+    }
 }
 
 /// The record store failed (not "no record").
@@ -41,6 +61,8 @@ pub struct Admitted {
     pub limit: u32,
     /// Requests left in the window.
     pub remaining: u32,
+    /// Documents the request sent with their matching hash, as `(hash, document)`: to remember.
+    pub registrations: Vec<(String, String)>,
 }
 
 /// Why a request is refused; each maps to one status and one GraphQL-shaped body.
@@ -54,6 +76,12 @@ pub enum Refused {
     KeyInUrl,
     /// Not a GraphQL request keygate can classify: 400.
     BadRequest(ClassifyError),
+    /// A persisted query's hash the edge knows no document for: 200 with Apollo's answer, so the
+    /// client sends the document. `batch` is the batch's size, `None` for a single request.
+    PersistedQueryNotFound {
+        /// The batch's size, if the request was one.
+        batch: Option<usize>,
+    },
     /// The key may not do this: 403.
     Forbidden(Denial),
     /// Over the tier's limit: 429.
@@ -74,52 +102,113 @@ const KEY_PARAMETERS: [&str; 6] = ["api_key", "apikey", "key", "x-api-key", "acc
 fn graphql_body(request: &Incoming<'_>) -> Result<GraphqlBody, ClassifyError> {
     if request.method.eq_ignore_ascii_case("GET") {
         let param = |name: &str| request.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        return Ok(GraphqlBody::from_query_params(param("query"), param("operationName")));
+        return GraphqlBody::from_query_params(param("query"), param("operationName"), param("extensions"));
     }
     GraphqlBody::decode(request.body)
+}
+
+/// Whether the query string carries a key: a parameter named like one, or a value shaped like one.
+pub fn key_in_url(query: &[(String, String)]) -> bool {
+    query.iter().any(|(name, value)| {
+        KEY_PARAMETERS.iter().any(|k| name.eq_ignore_ascii_case(k)) || ParsedKey::parse(value).is_ok()
+    })
+}
+
+/// The key a request presents, checked against its record at `now` (unix seconds): the record, or the
+/// refusal. A key in the URL is refused before anything else.
+pub async fn authenticate<R: RecordSource>(
+    api_key: Option<&str>,
+    query: &[(String, String)],
+    records: &R,
+    now: i64,
+) -> Result<KeyRecord, Refused> {
+    if key_in_url(query) {
+        return Err(Refused::KeyInUrl);
+    }
+    let presented = api_key.ok_or(Refused::MissingKey)?;
+    // Shape and checksum: a mistyped or forged key costs no storage read.
+    let key = ParsedKey::parse(presented).map_err(|_| Refused::BadKey)?;
+    let record = records.record(key.key_id_str()).await.map_err(|_| Refused::Unavailable)?.ok_or(Refused::BadKey)?;
+    record.check(&key, now).map_err(|_| Refused::BadKey)?;
+    Ok(record)
 }
 
 /// Checks one request at `now` (unix seconds).
 ///
 /// `admit(key, limit_per_minute, now)` is the rate limiter, called last and synchronously: a worker
 /// serves concurrent requests in one isolate, so its state may not be borrowed across an `await`.
-pub async fn check<R: RecordSource>(
+/// A request answered with `PERSISTED_QUERY_NOT_FOUND` counts against the limit too.
+pub async fn check<R: RecordSource, D: DocumentSource>(
     request: &Incoming<'_>,
     records: &R,
+    documents: &D,
     admit: impl FnOnce(KeyId, u32, i64) -> Decision,
     tiers: &Tiers,
     now: i64,
 ) -> Result<Admitted, Refused> {
-    let in_url = request.query.iter().any(|(name, value)| {
-        KEY_PARAMETERS.iter().any(|k| name.eq_ignore_ascii_case(k)) || ParsedKey::parse(value).is_ok()
-    });
-    if in_url {
-        return Err(Refused::KeyInUrl);
-    }
-    let presented = request.api_key.ok_or(Refused::MissingKey)?;
-    // Shape and checksum: a mistyped or forged key costs no storage read.
-    let key = ParsedKey::parse(presented).map_err(|_| Refused::BadKey)?;
-    let record = records.record(key.key_id_str()).await.map_err(|_| Refused::Unavailable)?.ok_or(Refused::BadKey)?;
-    record.check(&key, now).map_err(|_| Refused::BadKey)?;
+    let record = authenticate(request.api_key, request.query, records, now).await?;
 
-    let body = graphql_body(request).map_err(Refused::BadRequest)?;
-    // The batch size is checked before any document is parsed.
+    let mut body = graphql_body(request).map_err(Refused::BadRequest)?;
+    // The batch size is checked before any document is parsed or looked up.
     let allowed = record.permissions.max_batch();
     if body.is_batch() && u32::try_from(body.len()).map_or(true, |size| size > allowed) {
         return Err(Refused::Forbidden(Denial::BatchTooLarge { size: body.len(), allowed }));
+    }
+    let mut unknown = false;
+    for hash in body.unresolved().map_err(Refused::BadRequest)? {
+        match documents.document(&hash).await.map_err(|_| Refused::Unavailable)? {
+            Some(document) => body.resolve(&hash, &document),
+            None => unknown = true,
+        }
+    }
+    if unknown {
+        let batch = body.is_batch().then(|| body.len());
+        return match admit(record.key_id, tiers.limit(&record.tier), now) {
+            Decision::Allowed { .. } => Err(Refused::PersistedQueryNotFound { batch }),
+            Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
+        };
     }
     let operations = body.operations().map_err(Refused::BadRequest)?;
     record.permissions.check_request(&operations, body.is_batch()).map_err(Refused::Forbidden)?;
 
     match admit(record.key_id, tiers.limit(&record.tier), now) {
-        Decision::Allowed { limit, remaining } => Ok(Admitted { record, limit, remaining }),
+        Decision::Allowed { limit, remaining } => {
+            Ok(Admitted { record, limit, remaining, registrations: body.registrations() })
+        }
         Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
     }
 }
 
-/// A refusal as the client sees it: status, extra headers, and a GraphQL-shaped JSON body.
-pub fn refusal_response(refused: &Refused) -> (u16, Vec<(&'static str, String)>, String) {
-    let (status, code, message): (u16, &str, String) = match refused {
+/// Checks a request that carries no GraphQL operation of its own (a WebSocket upgrade): the key, then
+/// the rate limit.
+pub async fn check_key<R: RecordSource>(
+    api_key: Option<&str>,
+    query: &[(String, String)],
+    records: &R,
+    admit: impl FnOnce(KeyId, u32, i64) -> Decision,
+    tiers: &Tiers,
+    now: i64,
+) -> Result<Admitted, Refused> {
+    let record = authenticate(api_key, query, records, now).await?;
+    match admit(record.key_id, tiers.limit(&record.tier), now) {
+        Decision::Allowed { limit, remaining } => Ok(Admitted { record, limit, remaining, registrations: vec![] }),
+        Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
+    }
+}
+
+/// Apollo's answer for an unknown persisted query, one per entry of a batch.
+fn persisted_query_not_found(batch: Option<usize>) -> String {
+    let one = serde_json::json!({"errors": [{"message": "PersistedQueryNotFound",
+        "extensions": {"code": "PERSISTED_QUERY_NOT_FOUND"}}]});
+    match batch {
+        None => one.to_string(),
+        Some(size) => serde_json::Value::Array(vec![one; size]).to_string(),
+    }
+}
+
+/// A refusal's status, GraphQL error code and message.
+pub fn refusal_error(refused: &Refused) -> (u16, &'static str, String) {
+    match refused {
         Refused::MissingKey => (401, "UNAUTHENTICATED", "missing API key: send it in the X-API-Key header".into()),
         Refused::BadKey => (401, "UNAUTHENTICATED", "invalid API key".into()),
         Refused::KeyInUrl => (
@@ -131,7 +220,16 @@ pub fn refusal_response(refused: &Refused) -> (u16, Vec<(&'static str, String)>,
         Refused::Forbidden(denial) => (403, "FORBIDDEN", denial.to_string()),
         Refused::RateLimited { .. } => (429, "RATE_LIMITED", "rate limit exceeded for this API key".into()),
         Refused::Unavailable => (503, "SERVICE_UNAVAILABLE", "key records are unavailable; retry".into()),
-    };
+        Refused::PersistedQueryNotFound { .. } => (200, "PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound".into()),
+    }
+}
+
+/// A refusal as the client sees it: status, extra headers, and a GraphQL-shaped JSON body.
+pub fn refusal_response(refused: &Refused) -> (u16, Vec<(&'static str, String)>, String) {
+    if let Refused::PersistedQueryNotFound { batch } = refused {
+        return (200, vec![("content-type", "application/json".to_owned())], persisted_query_not_found(*batch));
+    }
+    let (status, code, message) = refusal_error(refused);
     let mut headers = vec![("content-type", "application/json".to_owned())];
     match refused {
         Refused::MissingKey | Refused::BadKey => {

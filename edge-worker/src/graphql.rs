@@ -1,12 +1,18 @@
 //! What a GraphQL request asks for: the operation types it would run, and whether it is a batch.
 //!
-//! The body is GraphQL-over-HTTP JSON: `{"query", "operationName"?, ...}` or an array of those (a
-//! batch). Documents are parsed with apollo-parser under recursion and token limits, so a hostile
-//! document costs bounded work; a document with several operations is resolved by `operationName`.
+//! The body is GraphQL-over-HTTP JSON: `{"query", "operationName"?, "extensions"?, ...}` or an array of
+//! those (a batch). Documents are parsed with apollo-parser under recursion and token limits, so a
+//! hostile document costs bounded work; a document with several operations is resolved by
+//! `operationName`.
+//!
+//! An entry may name its document by hash instead (Apollo's automatic persisted queries,
+//! `extensions.persistedQuery {version: 1, sha256Hash}`): [`GraphqlBody::unresolved`] lists the hashes to
+//! look up, [`GraphqlBody::resolve`] fills in a remembered document, and an entry that sends both a
+//! document and its hash must hash to it, so what the edge classifies is what the origin runs.
 
 use apollo_parser::cst;
 use apollo_parser::Parser;
-use keygate_shared::OperationKind;
+use keygate_shared::{sha256_hex, OperationKind};
 use serde::Deserialize;
 
 /// Nesting depth a document may reach.
@@ -19,8 +25,12 @@ const TOKEN_LIMIT: usize = 15_000;
 pub enum ClassifyError {
     /// Not JSON of the GraphQL-over-HTTP shape.
     NotGraphqlJson,
-    /// An entry has no `query` string (persisted queries are not supported).
+    /// An entry has neither a `query` string nor a persisted query's hash.
     MissingQuery,
+    /// `extensions.persistedQuery` is not `{"version": 1, "sha256Hash": <64 hex digits>}`.
+    BadPersistedQuery,
+    /// A document sent with its hash does not hash to it.
+    HashMismatch,
     /// The document does not parse, or exceeds the limits.
     Unparsable,
     /// No operation, or none named `operationName`, or several and no `operationName`.
@@ -34,7 +44,11 @@ impl ClassifyError {
     pub fn message(&self) -> &'static str {
         match self {
             Self::NotGraphqlJson => "the body must be a GraphQL request in JSON: {\"query\": ...} or an array of them",
-            Self::MissingQuery => "every request needs a \"query\" string (persisted queries are not supported)",
+            Self::MissingQuery => "every request needs a \"query\" string or a persisted query's sha256Hash",
+            Self::BadPersistedQuery => {
+                "extensions.persistedQuery must be {\"version\": 1, \"sha256Hash\": <64 hex digits>}"
+            }
+            Self::HashMismatch => "provided sha does not match query",
             Self::Unparsable => "the GraphQL document does not parse, or is too large or too deep",
             Self::NoOperation => "no operation to run: name one with operationName when the document has several",
             Self::EmptyBatch => "a batch must hold at least one request",
@@ -47,6 +61,38 @@ struct Entry {
     query: Option<String>,
     #[serde(rename = "operationName")]
     operation_name: Option<String>,
+    extensions: Option<Extensions>,
+    /// The query was filled in from a remembered document, not sent.
+    #[serde(skip)]
+    resolved: bool,
+}
+
+/// The part of `extensions` the edge reads; other members pass through untouched.
+#[derive(Debug, Default, Deserialize)]
+struct Extensions {
+    #[serde(rename = "persistedQuery")]
+    persisted_query: Option<PersistedQuery>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PersistedQuery {
+    version: serde_json::Value,
+    #[serde(rename = "sha256Hash")]
+    sha256_hash: serde_json::Value,
+}
+
+impl Entry {
+    /// The persisted query's hash, lower-cased, if the entry names one, checked for shape.
+    fn persisted_hash(&self) -> Result<Option<String>, ClassifyError> {
+        let Some(persisted) = self.extensions.as_ref().and_then(|e| e.persisted_query.as_ref()) else {
+            return Ok(None);
+        };
+        let hash = persisted.sha256_hash.as_str().filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        match (persisted.version.as_u64(), hash) {
+            (Some(1), Some(hash)) => Ok(Some(hash.to_ascii_lowercase())),
+            _ => Err(ClassifyError::BadPersistedQuery),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,9 +119,53 @@ impl GraphqlBody {
         }
     }
 
-    /// A GET request's `query` and `operationName` parameters.
-    pub fn from_query_params(query: Option<String>, operation_name: Option<String>) -> Self {
-        Self { entries: vec![Entry { query, operation_name }], batch: false }
+    /// A GET request's `query`, `operationName` and `extensions` parameters (`extensions` is JSON).
+    pub fn from_query_params(
+        query: Option<String>,
+        operation_name: Option<String>,
+        extensions: Option<String>,
+    ) -> Result<Self, ClassifyError> {
+        let extensions = match extensions {
+            Some(text) => serde_json::from_str(&text).map_err(|_| ClassifyError::NotGraphqlJson)?,
+            None => None,
+        };
+        Ok(Self { entries: vec![Entry { query, operation_name, extensions, resolved: false }], batch: false })
+    }
+
+    /// The persisted-query hashes whose documents must be looked up, in order and without repeats.
+    /// Checks every persisted query's shape, and that a document sent with its hash hashes to it.
+    pub fn unresolved(&self) -> Result<Vec<String>, ClassifyError> {
+        let mut hashes: Vec<String> = Vec::new();
+        for entry in &self.entries {
+            match (entry.persisted_hash()?, entry.query.as_deref()) {
+                (Some(hash), Some(query)) if !entry.resolved && sha256_hex(query) != hash => {
+                    return Err(ClassifyError::HashMismatch);
+                }
+                (Some(hash), None) if !hashes.contains(&hash) => hashes.push(hash),
+                _ => {}
+            }
+        }
+        Ok(hashes)
+    }
+
+    /// Gives every entry that names `hash` without a document the remembered `document`.
+    pub fn resolve(&mut self, hash: &str, document: &str) {
+        for entry in &mut self.entries {
+            if entry.query.is_none() && entry.persisted_hash().ok().flatten().as_deref() == Some(hash) {
+                entry.query = Some(document.to_owned());
+                entry.resolved = true;
+            }
+        }
+    }
+
+    /// The documents sent together with their (matching) hash, as `(hash, document)`: what the edge
+    /// remembers once the request is admitted.
+    pub fn registrations(&self) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter(|entry| !entry.resolved)
+            .filter_map(|entry| Some((entry.persisted_hash().ok().flatten()?, entry.query.clone()?)))
+            .collect()
     }
 
     /// Whether the body was a JSON array.
@@ -188,7 +278,70 @@ mod tests {
         assert_eq!(GraphqlBody::decode(b"[]").unwrap_err(), ClassifyError::EmptyBatch);
         assert_eq!(GraphqlBody::decode(b"not json").unwrap_err(), ClassifyError::NotGraphqlJson);
         assert_eq!(GraphqlBody::decode(b"42").unwrap_err(), ClassifyError::NotGraphqlJson);
-        let persisted = GraphqlBody::decode(br#"{"extensions":{"persistedQuery":{"sha256Hash":"ab"}}}"#).unwrap();
+        let persisted = GraphqlBody::decode(br#"{"extensions":{"other":1}}"#).unwrap();
         assert_eq!(persisted.operations(), Err(ClassifyError::MissingQuery));
+    }
+
+    fn persisted(hash: &str, query: Option<&str>) -> Vec<u8> {
+        let mut entry = serde_json::json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}});
+        if let Some(query) = query {
+            entry["query"] = query.into();
+        }
+        entry.to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_persisted_query_is_classified_from_its_remembered_document() {
+        let document = "mutation { bump }";
+        let hash = sha256_hex(document);
+        let mut body = GraphqlBody::decode(&persisted(&hash, None)).unwrap();
+        assert_eq!(body.unresolved(), Ok(vec![hash.clone()]));
+        assert_eq!(body.operations(), Err(ClassifyError::MissingQuery), "unresolved, it cannot be classified");
+        assert!(body.registrations().is_empty());
+        body.resolve(&hash, document);
+        assert_eq!(body.unresolved(), Ok(vec![]));
+        assert_eq!(body.operations(), Ok(vec![Mutation]));
+        assert!(body.registrations().is_empty(), "a remembered document is not registered again");
+    }
+
+    #[test]
+    fn a_document_sent_with_its_hash_must_match_it() {
+        let document = "{ hello }";
+        let hash = sha256_hex(document);
+        let body = GraphqlBody::decode(&persisted(&hash.to_ascii_uppercase(), Some(document))).unwrap();
+        assert_eq!(body.unresolved(), Ok(vec![]));
+        assert_eq!(body.registrations(), vec![(hash.clone(), document.to_owned())]);
+        let lie = GraphqlBody::decode(&persisted(&hash, Some("mutation { bump }"))).unwrap();
+        assert_eq!(lie.unresolved(), Err(ClassifyError::HashMismatch));
+    }
+
+    #[test]
+    fn malformed_persisted_queries_are_refused() {
+        let hash = sha256_hex("{ a }");
+        for bad in [
+            serde_json::json!({"version": 2, "sha256Hash": hash}),
+            serde_json::json!({"version": "1", "sha256Hash": hash}),
+            serde_json::json!({"version": 1, "sha256Hash": &hash[1..]}),
+            serde_json::json!({"version": 1, "sha256Hash": format!("{}g", &hash[1..])}),
+            serde_json::json!({"version": 1}),
+        ] {
+            let body = serde_json::json!({"extensions": {"persistedQuery": bad}}).to_string();
+            let unresolved = GraphqlBody::decode(body.as_bytes()).and_then(|b| b.unresolved());
+            assert!(unresolved.is_err(), "{body}");
+        }
+        // A persisted query named twice in one entry is refused, not read one way here and another at the origin.
+        let twice = format!(
+            r#"{{"extensions":{{"persistedQuery":{{"version":1,"sha256Hash":"{hash}"}},"persistedQuery":null}}}}"#
+        );
+        assert_eq!(GraphqlBody::decode(twice.as_bytes()).unwrap_err(), ClassifyError::NotGraphqlJson);
+    }
+
+    #[test]
+    fn get_parameters_carry_persisted_queries() {
+        let hash = sha256_hex("{ a }");
+        let extensions = format!(r#"{{"persistedQuery":{{"version":1,"sha256Hash":"{hash}"}}}}"#);
+        let body = GraphqlBody::from_query_params(None, None, Some(extensions)).unwrap();
+        assert_eq!(body.unresolved(), Ok(vec![hash]));
+        assert!(GraphqlBody::from_query_params(None, None, Some("{".into())).is_err());
     }
 }

@@ -4,9 +4,13 @@
 
 pub mod check;
 pub mod graphql;
+pub mod graphql_ws;
 pub mod identity;
+pub mod persisted;
 pub mod ratelimit;
 pub mod recent;
+#[cfg(target_arch = "wasm32")]
+mod relay;
 pub mod replica;
 pub mod signing_keys;
 #[cfg(target_arch = "wasm32")]

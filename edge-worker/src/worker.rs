@@ -3,9 +3,10 @@
 //! their key id (binding `KEYGATE_RECORDS`).
 //!
 //! Configuration: vars `ORIGIN_URL` (required), `TIERS` (JSON, requests per minute per tier) and
-//! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never)
-//! and `FAILED_ATTEMPTS_PER_MINUTE` (bad keys one client address may send a minute before it is
-//! refused outright; 20 by default, 0 for no limit);
+//! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never),
+//! `FAILED_ATTEMPTS_PER_MINUTE` (bad keys one client address may send a minute before it is
+//! refused outright; 20 by default, 0 for no limit) and `APQ_TTL_SECS` (how long KV keeps a persisted
+//! query's document; a day by default, at least 60);
 //! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
 //!
 //! The origin's JWT (`Authorization: Bearer`, see [`crate::identity`]): vars `ORIGIN_JWT_ALG` (`ES256`,
@@ -13,8 +14,11 @@
 //! `keygate:signing-keys`; `HS256` signs with `ORIGIN_SECRET`), `ORIGIN_JWT_ISSUER` (`keygate`),
 //! `ORIGIN_JWT_AUDIENCE` (`graphql`), `ORIGIN_JWT_TTL_SECS` (60) and `ORIGIN_JWT_REUSE_SECS` (0 to 10,
 //! 10 by default: how long an isolate reuses one key's token; 0 signs every request).
+//!
+//! A WebSocket upgrade goes to the relay ([`crate::relay`]); persisted queries' documents are kept in
+//! the same KV namespace under `apq:<hash>` ([`crate::persisted`]).
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 
 use keygate_shared::jwt::JTI_LEN;
@@ -25,23 +29,27 @@ use worker::{
     event, js_sys, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result,
 };
 
-use crate::check::{check, refusal_response, Admitted, Incoming, RecordSource, Refused, StoreFault};
+use crate::check::{check, refusal_response, Admitted, DocumentSource, Incoming, RecordSource, Refused, StoreFault};
 use crate::identity::{forwards_client_header, IdentityConfig, Mint, NoToken, OriginIdentity};
+use crate::persisted::{self, RecentDocuments};
 use crate::ratelimit::{RateLimiter, Tiers};
 use crate::recent::RecentRecords;
 use crate::replica::{apply_push, push_refusal_response, RecordStore};
 use crate::signing_keys::{SigningKeyStore, SIGNING_KEYS_NAME};
 
 /// The KV binding that holds the records.
-const RECORDS: &str = "KEYGATE_RECORDS";
+pub(crate) const RECORDS: &str = "KEYGATE_RECORDS";
 /// The largest request body checked; larger is refused with 413.
 const MAX_BODY: usize = 1024 * 1024;
 
 thread_local! {
     // One isolate serves many requests, one at a time between awaits: the counts live here.
-    static LIMITER: RefCell<RateLimiter> = RefCell::new(RateLimiter::default());
+    pub(crate) static LIMITER: RefCell<RateLimiter> = RefCell::new(RateLimiter::default());
     static RECENT: RefCell<RecentRecords> = RefCell::new(RecentRecords::default());
-    static FAILED: RefCell<FailedAttempts> = RefCell::new(FailedAttempts::default());
+    pub(crate) static FAILED: RefCell<FailedAttempts> = RefCell::new(FailedAttempts::default());
+    // Persisted queries' documents seen lately, and how long KV keeps one (`APQ_TTL_SECS`).
+    static DOCUMENTS: RefCell<RecentDocuments> = RefCell::new(RecentDocuments::default());
+    static APQ_TTL_SECS: Cell<u64> = const { Cell::new(persisted::DEFAULT_TTL_SECS) };
     // The vars do not change within an isolate: read once.
     static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
     // The origin's JWT: its settings, the sealed signing keys and the recent tokens. Set up on first use.
@@ -54,7 +62,42 @@ thread_local! {
 struct KvRecords(KvStore);
 
 /// The request path's records: the isolate's recent ones, else KV (kept for next time).
-struct RecentKv(KvStore);
+pub(crate) struct RecentKv(pub(crate) KvStore);
+
+/// Persisted queries' documents: the isolate's recent ones, else KV (kept for next time).
+pub(crate) struct KvDocuments(pub(crate) KvStore);
+
+impl DocumentSource for KvDocuments {
+    async fn document(&self, hash: &str) -> std::result::Result<Option<String>, StoreFault> {
+        if let Some(known) = DOCUMENTS.with(|documents| documents.borrow().get(hash)) {
+            return Ok(Some(known.to_string()));
+        }
+        let document = self.0.get(&persisted::kv_name(hash)).text().await.map_err(|e| StoreFault(e.to_string()))?;
+        if let Some(document) = &document {
+            DOCUMENTS.with(|documents| documents.borrow_mut().keep(hash, document));
+        }
+        Ok(document)
+    }
+}
+
+/// Remembers the documents an admitted request sent with their hashes: in this isolate, and in KV
+/// with an expiry when this isolate did not know them yet. A failed write is logged; the client then
+/// gets `PERSISTED_QUERY_NOT_FOUND` elsewhere and sends the document again.
+pub(crate) async fn remember(kv: KvStore, registrations: Vec<(String, String)>) {
+    let ttl = APQ_TTL_SECS.with(Cell::get);
+    for (hash, document) in registrations {
+        if !DOCUMENTS.with(|documents| documents.borrow_mut().keep(&hash, &document)) {
+            continue;
+        }
+        let written = match kv.put(&persisted::kv_name(&hash), document) {
+            Ok(put) => put.expiration_ttl(ttl).execute().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = written {
+            worker::console_error!("keygate: could not remember persisted query {hash}: {error}");
+        }
+    }
+}
 
 impl RecordSource for RecentKv {
     async fn record(&self, key_id: &str) -> std::result::Result<Option<KeyRecord>, StoreFault> {
@@ -110,11 +153,11 @@ impl SigningKeyStore for KvRecords {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     Date::now().as_millis() as i64
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     now_ms() / 1000
 }
 
@@ -123,9 +166,9 @@ fn number_var<T: std::str::FromStr>(env: &Env, name: &str) -> Option<T> {
     env.var(name).ok().and_then(|v| v.to_string().trim().parse().ok())
 }
 
-/// The tiers, and the record cache time and failed-attempt limit, from the vars on the isolate's first
-/// request.
-fn tiers(env: &Env) -> Rc<Tiers> {
+/// The tiers, and the record cache time, failed-attempt limit and persisted documents' expiry, from
+/// the vars on the isolate's first request.
+pub(crate) fn tiers(env: &Env) -> Rc<Tiers> {
     TIERS.with(|held| {
         held.get_or_init(|| {
             if let Some(ms) = number_var(env, "RECORD_CACHE_MS") {
@@ -133,6 +176,9 @@ fn tiers(env: &Env) -> Rc<Tiers> {
             }
             if let Some(limit) = number_var(env, "FAILED_ATTEMPTS_PER_MINUTE") {
                 FAILED.with(|failed| *failed.borrow_mut() = FailedAttempts::new(limit, attempts::DEFAULT_CAPACITY));
+            }
+            if let Some(ttl) = number_var::<u64>(env, "APQ_TTL_SECS") {
+                APQ_TTL_SECS.with(|held| held.set(ttl.max(persisted::MIN_TTL_SECS)));
             }
             Rc::new(env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default())
         })
@@ -248,7 +294,7 @@ fn js_object(fields: &[(&str, &str)]) -> Option<js_sys::Object> {
     Some(object)
 }
 
-fn json_response(status: u16, headers: &[(&str, String)], body: String) -> Result<Response> {
+pub(crate) fn json_response(status: u16, headers: &[(&str, String)], body: String) -> Result<Response> {
     let response_headers = Headers::new();
     response_headers.set("content-type", "application/json")?;
     for (name, value) in headers {
@@ -257,17 +303,21 @@ fn json_response(status: u16, headers: &[(&str, String)], body: String) -> Resul
     Ok(Response::ok(body)?.with_status(status).with_headers(response_headers))
 }
 
-fn graphql_error(status: u16, code: &str, message: &str) -> Result<Response> {
+pub(crate) fn graphql_error(status: u16, code: &str, message: &str) -> Result<Response> {
     let body = serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string();
     json_response(status, &[], body)
 }
 
 #[event(fetch)]
-async fn fetch(request: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(request: Request, env: Env, ctx: Context) -> Result<Response> {
     if request.path() == sync::SYNC_PATH {
         return receive_push(request, env).await;
     }
-    guard(request, env).await
+    let upgrade = request.headers().get("upgrade")?;
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return crate::relay::open(request, env).await;
+    }
+    guard(request, env, &ctx).await
 }
 
 async fn receive_push(mut request: Request, env: Env) -> Result<Response> {
@@ -288,18 +338,28 @@ async fn receive_push(mut request: Request, env: Env) -> Result<Response> {
     }
 }
 
-async fn guard(mut request: Request, env: Env) -> Result<Response> {
+/// The client's address as Cloudflare saw it; locally (wrangler dev) there is none and all share one.
+pub(crate) fn client_address(request: &Request) -> Result<String> {
+    Ok(request.headers().get("CF-Connecting-IP")?.unwrap_or_default())
+}
+
+/// The 429 for a client address that sent too many bad keys, if it is blocked now.
+pub(crate) fn blocked_client(client: &str) -> Option<Result<Response>> {
+    let retry_after = FAILED.with(|failed| failed.borrow().blocked(client, now()))?;
+    let body = serde_json::json!({"errors": [{"message": "too many failed attempts from this client",
+        "extensions": {"code": "RATE_LIMITED"}}]});
+    Some(json_response(429, &[("retry-after", retry_after.to_string())], body.to_string()))
+}
+
+async fn guard(mut request: Request, env: Env, ctx: &Context) -> Result<Response> {
     let method = request.method();
     if !matches!(method, Method::Get | Method::Post) {
         return graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST");
     }
-    // The client's address as Cloudflare saw it; locally (wrangler dev) there is none and all share one.
-    let client = request.headers().get("CF-Connecting-IP")?.unwrap_or_default();
+    let client = client_address(&request)?;
     let tiers = tiers(&env);
-    if let Some(retry_after) = FAILED.with(|failed| failed.borrow().blocked(&client, now())) {
-        let body = serde_json::json!({"errors": [{"message": "too many failed attempts from this client",
-            "extensions": {"code": "RATE_LIMITED"}}]});
-        return json_response(429, &[("retry-after", retry_after.to_string())], body.to_string());
+    if let Some(blocked) = blocked_client(&client) {
+        return blocked;
     }
     let url = request.url()?;
     let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
@@ -308,11 +368,19 @@ async fn guard(mut request: Request, env: Env) -> Result<Response> {
     if body.len() > MAX_BODY {
         return graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB");
     }
-    let records = RecentKv(env.kv(RECORDS)?);
+    let kv = env.kv(RECORDS)?;
+    let records = RecentKv(kv.clone());
+    let documents = KvDocuments(kv.clone());
     let incoming = Incoming { method: method.as_ref(), api_key: api_key.as_deref(), query: &query, body: &body };
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
-    match check(&incoming, &records, admit, &tiers, now()).await {
-        Ok(admitted) => forward(&request, &env, &url, body, &admitted).await,
+    match check(&incoming, &records, &documents, admit, &tiers, now()).await {
+        Ok(mut admitted) => {
+            let registrations = std::mem::take(&mut admitted.registrations);
+            if !registrations.is_empty() {
+                ctx.wait_until(remember(kv, registrations));
+            }
+            forward(&request, &env, &url, body, &admitted).await
+        }
         Err(refused) => {
             if refused == Refused::BadKey {
                 FAILED.with(|failed| failed.borrow_mut().failed(&client, now()));
@@ -323,29 +391,28 @@ async fn guard(mut request: Request, env: Env) -> Result<Response> {
     }
 }
 
-/// Sends the admitted request on: same method, path, query and body; `X-API-Key`, `Authorization` and
-/// any identity headers the client sent removed; the verified identity added and signed, as headers and
-/// as the origin's JWT.
-async fn forward(
-    request: &Request,
-    env: &Env,
-    url: &worker::Url,
-    body: Vec<u8>,
-    admitted: &Admitted,
-) -> Result<Response> {
+/// Where the origin serves `url`'s path and query.
+pub(crate) fn origin_target(env: &Env, url: &worker::Url) -> Result<String> {
     let origin_url = env.var("ORIGIN_URL")?.to_string();
     let mut target = format!("{}{}", origin_url.trim_end_matches('/'), url.path());
     if let Some(query) = url.query() {
         target.push('?');
         target.push_str(query);
     }
+    Ok(target)
+}
+
+/// The headers the origin gets: the client's `passed` ones, and the verified identity of the key
+/// `record` describes, signed, as headers and as the origin's JWT.
+pub(crate) async fn origin_headers(
+    passed: impl Iterator<Item = (String, String)>,
+    env: &Env,
+    record: &KeyRecord,
+) -> Result<Headers> {
     let headers = Headers::new();
-    for (name, value) in request.headers().entries() {
-        if forwards_client_header(&name) {
-            headers.append(&name, &value)?;
-        }
+    for (name, value) in passed {
+        headers.append(&name, &value)?;
     }
-    let record = &admitted.record;
     let key_id = record.key_id.to_string();
     let signed_at = now();
     headers.set(origin::KEY_ID_HEADER, &key_id)?;
@@ -358,6 +425,23 @@ async fn forward(
     if let Some(token) = origin_token(env, record).await {
         headers.set("authorization", &format!("Bearer {token}"))?;
     }
+    Ok(headers)
+}
+
+/// Sends the admitted request on: same method, path, query and body; `X-API-Key`, `Authorization` and
+/// any identity headers the client sent removed; the verified identity added and signed, as headers and
+/// as the origin's JWT.
+async fn forward(
+    request: &Request,
+    env: &Env,
+    url: &worker::Url,
+    body: Vec<u8>,
+    admitted: &Admitted,
+) -> Result<Response> {
+    let target = origin_target(env, url)?;
+    let passed = request.headers().entries().filter(|(name, _)| forwards_client_header(name));
+    let headers = origin_headers(passed, env, &admitted.record).await?;
+    let key_id = admitted.record.key_id.to_string();
     let mut init = RequestInit::new();
     init.with_method(request.method()).with_headers(headers);
     if !body.is_empty() {

@@ -10,14 +10,16 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use keygate_edge::check::{check, refusal_response, Admitted, Incoming, RecordSource, Refused, StoreFault};
+use keygate_edge::check::{
+    check, check_key, refusal_response, Admitted, DocumentSource, Incoming, RecordSource, Refused, StoreFault,
+};
 use keygate_edge::graphql::ClassifyError;
 use keygate_edge::ratelimit::{RateLimiter, Tiers};
 use keygate_edge::replica::{apply_push, Applied, PushRefused, RecordStore};
 use keygate_edge::signing_keys::SigningKeyStore;
 use keygate_shared::{
-    ApiKey, Denial, KeyId, KeyRecord, KeySecret, OperationKind, PermissionSet, Prefix, Region, SealedSigningKey,
-    SecretEntry, SyncError, SyncPayload, SyncSecret,
+    sha256_hex, ApiKey, Denial, KeyId, KeyRecord, KeySecret, OperationKind, PermissionSet, Prefix, Region,
+    SealedSigningKey, SecretEntry, SyncError, SyncPayload, SyncSecret,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -34,6 +36,8 @@ fn run<T>(future: impl Future<Output = T>) -> T {
 struct MemoryRecords {
     records: RefCell<HashMap<String, KeyRecord>>,
     signing_keys: RefCell<Vec<SealedSigningKey>>,
+    /// Persisted queries' documents by hash.
+    documents: RefCell<HashMap<String, String>>,
     reads: Cell<usize>,
     down: Cell<bool>,
 }
@@ -45,6 +49,15 @@ impl RecordSource for MemoryRecords {
             return Err(StoreFault("down".into()));
         }
         Ok(self.records.borrow().get(key_id).cloned())
+    }
+}
+
+impl DocumentSource for MemoryRecords {
+    async fn document(&self, hash: &str) -> Result<Option<String>, StoreFault> {
+        if self.down.get() {
+            return Err(StoreFault("down".into()));
+        }
+        Ok(self.documents.borrow().get(hash).cloned())
     }
 }
 
@@ -118,6 +131,7 @@ impl Edge {
         run(check(
             &incoming,
             &self.records,
+            &self.records,
             |key, limit, at| self.limiter.borrow_mut().admit(key, limit, at),
             &self.tiers,
             now,
@@ -134,7 +148,7 @@ fn a_good_key_is_admitted_with_its_identity() {
     let edge = Edge::with(vec![record(&good, &["query:read"], "premium")]);
     let admitted = edge.post(Some(good.expose()), QUERY, NOW).unwrap();
     let expected = record(&good, &["query:read"], "premium");
-    assert_eq!(admitted, Admitted { record: expected, limit: 100, remaining: 99 });
+    assert_eq!(admitted, Admitted { record: expected, limit: 100, remaining: 99, registrations: vec![] });
 }
 
 #[test]
@@ -254,6 +268,105 @@ fn a_record_store_outage_is_a_503_not_a_401() {
     edge.records.down.set(true);
     assert_eq!(edge.post(Some(good.expose()), QUERY, NOW), Err(Refused::Unavailable));
     assert_eq!(refusal_response(&Refused::Unavailable).0, 503);
+}
+
+/// A persisted query's body: the hash, and the document too when `document` is given.
+fn persisted(document: &str, send_document: bool) -> String {
+    let mut body =
+        serde_json::json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256_hex(document)}}});
+    if send_document {
+        body["query"] = document.into();
+    }
+    body.to_string()
+}
+
+#[test]
+fn a_persisted_query_is_found_registered_and_classified_from_its_document() {
+    let reader = key(1, 1);
+    let edge = Edge::with(vec![record(&reader, &["query:read", "batch:3"], "premium")]);
+    let document = "query Hello { users { id } }";
+
+    // Unknown: Apollo's answer (a 200), counted against the limit, with no registration.
+    let unknown = edge.post(Some(reader.expose()), &persisted(document, false), NOW).unwrap_err();
+    assert_eq!(unknown, Refused::PersistedQueryNotFound { batch: None });
+    let (status, _, body) = refusal_response(&unknown);
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND");
+    assert_eq!(body["errors"][0]["message"], "PersistedQueryNotFound");
+
+    // Sent with its hash: admitted, and the document is handed back to be remembered.
+    let registered = edge.post(Some(reader.expose()), &persisted(document, true), NOW).unwrap();
+    assert_eq!(registered.registrations, vec![(sha256_hex(document), document.to_owned())]);
+    assert_eq!(registered.remaining, 98, "the not-found answer and the registration both counted");
+
+    // Remembered: the hash alone is classified from it, over POST and GET.
+    edge.records.documents.borrow_mut().insert(sha256_hex(document), document.to_owned());
+    let by_hash = edge.post(Some(reader.expose()), &persisted(document, false), NOW).unwrap();
+    assert!(by_hash.registrations.is_empty());
+    let extensions = format!(r#"{{"persistedQuery":{{"version":1,"sha256Hash":"{}"}}}}"#, sha256_hex(document));
+    let get = [("extensions".to_owned(), extensions)];
+    assert!(edge.request("GET", Some(reader.expose()), &get, "", NOW).is_ok());
+
+    // A batch with one unknown hash: one not-found answer per entry.
+    let batch = format!("[{},{}]", persisted(document, false), persisted("{ other }", false));
+    let refused = edge.post(Some(reader.expose()), &batch, NOW).unwrap_err();
+    assert_eq!(refused, Refused::PersistedQueryNotFound { batch: Some(2) });
+    let answer: serde_json::Value = serde_json::from_str(&refusal_response(&refused).2).unwrap();
+    assert_eq!(answer.as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_remembered_mutation_stays_a_mutation() {
+    let reader = key(1, 1);
+    let writer = key(2, 2);
+    let edge = Edge::with(vec![record(&reader, &["query:read"], "premium"), record(&writer, &["*"], "premium")]);
+    let document = "mutation Bump { bump }";
+    edge.records.documents.borrow_mut().insert(sha256_hex(document), document.to_owned());
+    assert_eq!(
+        edge.post(Some(reader.expose()), &persisted(document, false), NOW),
+        Err(Refused::Forbidden(Denial::Operation(OperationKind::Mutation)))
+    );
+    assert!(edge.post(Some(writer.expose()), &persisted(document, false), NOW).is_ok());
+    // A mutation sent under the hash of a query it is not: 400, nothing admitted or registered.
+    let query_hash = sha256_hex("{ users { id } }");
+    let lie = serde_json::json!({"query": document,
+        "extensions": {"persistedQuery": {"version": 1, "sha256Hash": query_hash}}});
+    assert_eq!(
+        edge.post(Some(writer.expose()), &lie.to_string(), NOW),
+        Err(Refused::BadRequest(ClassifyError::HashMismatch))
+    );
+}
+
+#[test]
+fn an_unknown_hash_with_a_bad_key_is_a_401_and_a_lookup_outage_a_503() {
+    let reader = key(1, 1);
+    let edge = Edge::with(vec![record(&reader, &["query:read"], "premium")]);
+    let body = persisted("{ users { id } }", false);
+    assert_eq!(edge.post(Some(key(1, 9).expose()), &body, NOW), Err(Refused::BadKey));
+    edge.records.down.set(true);
+    assert_eq!(edge.post(Some(reader.expose()), &body, NOW), Err(Refused::Unavailable));
+}
+
+#[test]
+fn an_upgrade_checks_the_key_and_counts_against_the_limit() {
+    let client = key(1, 1);
+    let edge = Edge::with(vec![record(&client, &["subscription:read"], "default")]);
+    let upgrade = |api_key: Option<&str>, query: &[(String, String)]| {
+        run(check_key(
+            api_key,
+            query,
+            &edge.records,
+            |key, limit, at| edge.limiter.borrow_mut().admit(key, limit, at),
+            &edge.tiers,
+            NOW,
+        ))
+    };
+    assert_eq!(upgrade(Some(client.expose()), &[]).unwrap().remaining, 2);
+    assert_eq!(upgrade(None, &[]), Err(Refused::MissingKey));
+    assert_eq!(upgrade(Some(key(1, 2).expose()), &[]), Err(Refused::BadKey));
+    assert_eq!(upgrade(Some(client.expose()), &[("key".into(), "x".into())]), Err(Refused::KeyInUrl));
+    assert_eq!(upgrade(Some(client.expose()), &[]).unwrap().remaining, 1);
 }
 
 fn push(

@@ -8,6 +8,9 @@
 //! - Through `check::check` with a good key whose record the source returns (permissions picked by the
 //!   input's length): the only refusals are a 400 or a 403, and they agree with the classifier: an
 //!   admitted request runs only operations the key may run, in a batch no larger than it may send.
+//!   Persisted queries (Apollo APQ) are looked up in a source that knows two documents, a query and a
+//!   mutation: a hash it does not know is answered `PERSISTED_QUERY_NOT_FOUND` only when the request
+//!   names one, and a known hash is classified as its document.
 
 #![no_main]
 
@@ -17,11 +20,11 @@ use std::pin::pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use keygate_edge::check::{check, Admitted, Incoming, RecordSource, Refused, StoreFault};
+use keygate_edge::check::{check, Admitted, DocumentSource, Incoming, RecordSource, Refused, StoreFault};
 use keygate_edge::graphql::{ClassifyError, GraphqlBody};
 use keygate_edge::ratelimit::{RateLimiter, Tiers};
 use keygate_shared::{
-    ApiKey, Denial, KeyId, KeyRecord, KeySecret, ParsedKey, PermissionSet, Prefix, Region, SecretEntry,
+    sha256_hex, ApiKey, Denial, KeyId, KeyRecord, KeySecret, ParsedKey, PermissionSet, Prefix, Region, SecretEntry,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -38,6 +41,39 @@ impl RecordSource for OneRecord {
     async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault> {
         Ok((self.0.key_id.to_string() == key_id).then(|| self.0.clone()))
     }
+}
+
+/// The documents the persisted-query source knows.
+const KNOWN_DOCUMENTS: [&str; 2] = ["{ a }", "mutation { b }"];
+
+/// A document source that knows [`KNOWN_DOCUMENTS`] by their hashes, and answers at once.
+struct KnownDocuments;
+
+impl DocumentSource for KnownDocuments {
+    async fn document(&self, hash: &str) -> Result<Option<String>, StoreFault> {
+        Ok(KNOWN_DOCUMENTS.iter().find(|d| sha256_hex(d) == hash).map(|d| (*d).to_owned()))
+    }
+}
+
+/// What the classifier makes of a decoded body once its persisted queries are looked up: the body,
+/// with the documents filled in, and whether a hash was unknown.
+fn resolved(body: Result<GraphqlBody, ClassifyError>) -> (Result<GraphqlBody, ClassifyError>, bool) {
+    let mut body = match body {
+        Ok(body) => body,
+        Err(error) => return (Err(error), false),
+    };
+    let hashes = match body.unresolved() {
+        Ok(hashes) => hashes,
+        Err(error) => return (Err(error), false),
+    };
+    let mut unknown = false;
+    for hash in hashes {
+        match KNOWN_DOCUMENTS.iter().find(|d| sha256_hex(d) == hash) {
+            Some(document) => body.resolve(&hash, document),
+            None => unknown = true,
+        }
+    }
+    (Ok(body), unknown)
 }
 
 /// The key the requests present, and one record per permission set.
@@ -96,7 +132,8 @@ fn check_request(
 ) -> Result<Admitted, Refused> {
     let limiter = RefCell::new(RateLimiter::default());
     let incoming = Incoming { method, api_key: Some(fixture.key.expose()), query, body };
-    run(check(&incoming, source, |key, limit, at| limiter.borrow_mut().admit(key, limit, at), &fixture.tiers, NOW))
+    let admit = |key, limit, at| limiter.borrow_mut().admit(key, limit, at);
+    run(check(&incoming, source, &KnownDocuments, admit, &fixture.tiers, NOW))
 }
 
 /// The check's answer must agree with what the classifier says of `body` and what `permissions` allow.
@@ -105,6 +142,15 @@ fn assert_consistent(
     body: Result<GraphqlBody, ClassifyError>,
     permissions: &PermissionSet,
 ) {
+    let decoded_batch = body.as_ref().ok().map(|b| (b.is_batch(), b.len()));
+    let batch_allowed = decoded_batch
+        .is_none_or(|(batch, len)| !batch || u32::try_from(len).is_ok_and(|size| size <= permissions.max_batch()));
+    let (body, unknown) = resolved(body);
+    if unknown && batch_allowed {
+        let expected = decoded_batch.and_then(|(batch, len)| batch.then_some(len));
+        assert_eq!(outcome, &Err(Refused::PersistedQueryNotFound { batch: expected }), "an unknown hash");
+        return;
+    }
     match outcome {
         Ok(admitted) => {
             let Ok(body) = body else {
@@ -137,11 +183,8 @@ fn assert_consistent(
         Err(Refused::Forbidden(Denial::BatchTooLarge { size, allowed })) => {
             assert_eq!(*allowed, permissions.max_batch());
             assert!(u32::try_from(*size).map_or(true, |size| size > *allowed), "batch of {size} within {allowed}");
-            let Ok(body) = body else {
-                panic!("refused the batch size of a body that does not decode");
-            };
-            assert!(body.is_batch());
-            assert_eq!(body.len(), *size);
+            // The size is checked on the decoded body, before any persisted query is looked up.
+            assert_eq!(decoded_batch, Some((true, *size)), "refused the batch size of a body that is not that batch");
         }
         Err(other) => panic!("a good key with a live record was refused: {other:?}"),
     }
@@ -164,7 +207,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let query = String::from_utf8_lossy(query).into_owned();
     let name = name.map(|name| String::from_utf8_lossy(name).into_owned());
-    let get = GraphqlBody::from_query_params(Some(query.clone()), name.clone());
+    let Ok(get) = GraphqlBody::from_query_params(Some(query.clone()), name.clone(), None) else {
+        unreachable!("without extensions the GET parameters always make a body");
+    };
     assert!(!get.is_batch() && get.len() == 1);
     if let Ok(operations) = get.operations() {
         assert_eq!(operations.len(), 1);
@@ -184,6 +229,6 @@ fuzz_target!(|data: &[u8]| {
         // A parameter value that parses as a key is refused before anything else.
         assert!(params.iter().any(|(_, value)| ParsedKey::parse(value).is_ok()), "no key in {params:?}");
     } else {
-        assert_consistent(&get_outcome, Ok(GraphqlBody::from_query_params(Some(query), name)), permissions);
+        assert_consistent(&get_outcome, GraphqlBody::from_query_params(Some(query), name, None), permissions);
     }
 });

@@ -9,6 +9,7 @@
 pub mod control_plane;
 pub mod edge;
 pub mod fraiseql;
+pub mod graphql_node;
 pub mod origin;
 
 use std::collections::HashMap;

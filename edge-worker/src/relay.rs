@@ -1,0 +1,413 @@
+//! The WebSocket relay: GraphQL subscriptions through the edge. The edge holds both ends, the
+//! client's (a `WebSocketPair`) and the origin's (an upgrade `fetch`), because it reads every message
+//! the client sends.
+//!
+//! - **The upgrade** is checked like a request: a key in `X-API-Key` is checked, and counted against
+//!   its rate limit, before the client gets its 101; a bad one gets the HTTP refusal and no socket.
+//!   Without the header (browsers cannot set one) the key comes in the `connection_init` payload,
+//!   within [`INIT_TIMEOUT_MS`]; the origin's socket opens only once it is good. Either way the
+//!   origin's upgrade carries the same identity as an HTTP request (headers and JWT), and never the key.
+//! - **Each operation** (`subscribe`, legacy `start`) goes through the HTTP check with the socket's
+//!   key: its permission, the rate limit, persisted queries. A refused one gets an `error` message for
+//!   its id and never reaches the origin.
+//! - **The key is re-checked** every [`RECHECK_MS`] against the isolate's recent record: once it is
+//!   revoked, disabled or expired the client's socket closes with 4403, and the origin's with it.
+//! - **Closing**: a close on one side closes the other with the same code (see
+//!   [`relayable_close`]); an error on one side closes the other; nothing outlives its peer.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::{stream, StreamExt};
+use worker::{
+    console_error, wasm_bindgen_futures, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+    WebSocket, WebSocketPair, WebsocketEvent,
+};
+use zeroize::Zeroizing;
+
+use crate::check::{authenticate, check, check_key, key_in_url, refusal_error, refusal_response, Incoming, Refused};
+use crate::graphql_ws::{
+    close, forwards_upgrade_header, read_client, relayable_close, ClientMessage, Subprotocol, INIT_TIMEOUT_MS,
+    MAX_MESSAGE,
+};
+use crate::worker::{
+    blocked_client, client_address, graphql_error, json_response, now, origin_headers, origin_target, remember, tiers,
+    KvDocuments, RecentKv, FAILED, LIMITER, RECORDS,
+};
+
+/// How often an open socket's key is checked again, in milliseconds. With the isolate's record cache
+/// (1 s by default) a revocation closes the socket within 1.5 s of reaching the edge's KV.
+pub const RECHECK_MS: u64 = 500;
+/// How long the origin has to accept its upgrade, in milliseconds.
+const ORIGIN_CONNECT_MS: u64 = 10_000;
+
+/// The upgrade request, as the relay needs it after the 101 has gone back.
+struct Upgrade {
+    protocol: Subprotocol,
+    /// The origin's URL for the same path and query.
+    target: String,
+    /// The client's headers that go on to the origin.
+    headers: Vec<(String, String)>,
+    /// The client's address, for the failed-attempts limit.
+    client: String,
+}
+
+/// The socket's key, and the origin's end once it is open.
+struct Opened {
+    key: Zeroizing<String>,
+    origin: WebSocket,
+}
+
+/// Answers a WebSocket upgrade: a refusal, or a 101 whose socket the relay then serves.
+pub async fn open(request: Request, env: Env) -> Result<Response> {
+    if request.method() != Method::Get {
+        return graphql_error(405, "METHOD_NOT_ALLOWED", "a WebSocket upgrade is a GET request");
+    }
+    let offered = request.headers().get("sec-websocket-protocol")?.unwrap_or_default();
+    let Some(protocol) = Subprotocol::negotiate(&offered) else {
+        return graphql_error(
+            400,
+            "BAD_REQUEST",
+            "a GraphQL WebSocket needs the subprotocol graphql-transport-ws or graphql-ws",
+        );
+    };
+    let client = client_address(&request)?;
+    if let Some(blocked) = blocked_client(&client) {
+        return blocked;
+    }
+    let url = request.url()?;
+    let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let headers = request.headers().entries().filter(|(name, _)| forwards_upgrade_header(name)).collect();
+    let upgrade = Upgrade { protocol, target: origin_target(&env, &url)?, headers, client };
+    let header_key = request.headers().get("X-API-Key")?.map(Zeroizing::new);
+
+    // A key in the header (or the URL, refused) is checked before any socket opens; without one, the
+    // key comes in connection_init.
+    let opened = if header_key.is_some() || key_in_url(&query) {
+        match upgrade_key(&env, &upgrade, header_key.as_deref(), &query).await? {
+            Ok(opened) => Some(opened),
+            Err(refusal) => return Ok(refusal),
+        }
+    } else {
+        None
+    };
+    let pair = WebSocketPair::new()?;
+    pair.server.accept()?;
+    let server = pair.server;
+    wasm_bindgen_futures::spawn_local(serve(env, upgrade, server, opened));
+    let answer = Headers::new();
+    answer.set("sec-websocket-protocol", protocol.name())?;
+    Ok(Response::from_websocket(pair.client)?.with_headers(answer))
+}
+
+/// Checks the upgrade's header key and opens the origin's socket: the open socket, or the response
+/// that refuses the upgrade.
+async fn upgrade_key(
+    env: &Env,
+    upgrade: &Upgrade,
+    key: Option<&String>,
+    query: &[(String, String)],
+) -> Result<std::result::Result<Opened, Response>> {
+    let records = RecentKv(env.kv(RECORDS)?);
+    let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
+    match check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await {
+        Ok(admitted) => match connect_origin(env, upgrade, &admitted.record).await {
+            Some(origin) => {
+                origin.accept()?;
+                let key = Zeroizing::new(key.cloned().unwrap_or_default());
+                Ok(Ok(Opened { key, origin }))
+            }
+            None => {
+                Ok(Err(graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not accept the WebSocket")?))
+            }
+        },
+        Err(refused) => {
+            if refused == Refused::BadKey {
+                FAILED.with(|failed| failed.borrow_mut().failed(&upgrade.client, now()));
+            }
+            let (status, headers, body) = refusal_response(&refused);
+            Ok(Err(json_response(status, &headers, body)?))
+        }
+    }
+}
+
+/// Opens the origin's socket for the key `record` describes, with the identity an HTTP request
+/// carries; `None` (logged) if the origin refuses or does not answer in time.
+async fn connect_origin(env: &Env, upgrade: &Upgrade, record: &keygate_shared::KeyRecord) -> Option<WebSocket> {
+    let key_id = record.key_id.to_string();
+    let headers = origin_headers(upgrade.headers.iter().cloned(), env, record).await.ok()?;
+    headers.set("upgrade", "websocket").ok()?;
+    headers.set("sec-websocket-protocol", upgrade.protocol.name()).ok()?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let request = Request::new_with_init(&upgrade.target, &init).ok()?;
+    let fetch = Fetch::Request(request);
+    let fetch = pin!(fetch.send());
+    let timeout = pin!(Delay::from(Duration::from_millis(ORIGIN_CONNECT_MS)));
+    let answer = match select(fetch, timeout).await {
+        Either::Left((Ok(answer), _)) => answer,
+        Either::Left((Err(error), _)) => {
+            console_error!("keygate: origin WebSocket failed for key {key_id}: {error}");
+            return None;
+        }
+        Either::Right(_) => {
+            console_error!("keygate: origin WebSocket for key {key_id} did not open within {ORIGIN_CONNECT_MS} ms");
+            return None;
+        }
+    };
+    let status = answer.status_code();
+    let socket = answer.websocket();
+    if socket.is_none() {
+        console_error!("keygate: origin refused the WebSocket for key {key_id} with status {status}");
+    }
+    socket
+}
+
+/// Closes a socket, ignoring one that is closed already.
+fn shut(socket: &WebSocket, code: u16, reason: &str) {
+    let _ = socket.close(Some(code), Some(reason));
+}
+
+/// Serves one client socket to its end: first its `connection_init` key when the upgrade had none,
+/// then the relay.
+async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Opened>) {
+    let Ok(mut client_events) = client.events() else {
+        shut(&client, close::ORIGIN_FAILED, "the edge could not read the socket");
+        return;
+    };
+    let (opened, pending_init) = match opened {
+        Some(opened) => (opened, None),
+        None => match init_key(&env, &upgrade, &client, &mut client_events).await {
+            Some((opened, forward)) => (opened, Some(forward)),
+            None => return,
+        },
+    };
+    let Opened { key, origin } = opened;
+    let Ok(origin_events) = origin.events() else {
+        shut(&client, close::ORIGIN_FAILED, "the edge could not read the origin's socket");
+        shut(&origin, close::NORMAL, "the edge could not read the socket");
+        return;
+    };
+    if let Some(forward) = pending_init {
+        if origin.send_with_str(&forward).is_err() {
+            shut(&client, close::ORIGIN_FAILED, "the GraphQL origin closed");
+            return;
+        }
+    }
+    let relay = Relay { env: &env, protocol: upgrade.protocol, key: &key, client: &client, origin: &origin };
+    relay.run(client_events, origin_events).await;
+}
+
+/// Waits for the `connection_init` that carries the key, checks the key and opens the origin's
+/// socket. `None` once the client's socket is closed with the reason.
+async fn init_key(
+    env: &Env,
+    upgrade: &Upgrade,
+    client: &WebSocket,
+    events: &mut worker::EventStream<'_>,
+) -> Option<(Opened, String)> {
+    let timeout = pin!(Delay::from(Duration::from_millis(INIT_TIMEOUT_MS)));
+    let text = match select(events.next(), timeout).await {
+        Either::Left((Some(Ok(WebsocketEvent::Message(message))), _)) => message.text(),
+        Either::Left(_) => return None,
+        Either::Right(_) => {
+            shut(client, close::INIT_TIMEOUT, "Connection initialisation timeout");
+            return None;
+        }
+    };
+    let Some(text) = text.filter(|text| text.len() <= MAX_MESSAGE) else {
+        shut(client, close::BAD_MESSAGE, "Invalid message: a text message of at most 1 MiB");
+        return None;
+    };
+    let (key, forward) = match read_client(upgrade.protocol, &text) {
+        Ok(ClientMessage::Init { api_key: Some(key), forward }) => (key, forward),
+        Ok(ClientMessage::Init { api_key: None, .. }) => {
+            shut(client, close::FORBIDDEN, "Forbidden: send the API key in X-API-Key or the connection_init payload");
+            return None;
+        }
+        Ok(_) => {
+            shut(client, close::UNAUTHORIZED, "Unauthorized: connection_init comes first");
+            return None;
+        }
+        Err(bad) => {
+            shut(client, close::BAD_MESSAGE, bad.reason());
+            return None;
+        }
+    };
+    let records = RecentKv(env.kv(RECORDS).ok()?);
+    let admit = |id, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(id, limit, at));
+    let admitted = match check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let (code, reason) = match refused {
+                Refused::RateLimited { .. } => {
+                    (close::RATE_LIMITED, "Too many requests: rate limit exceeded for this API key")
+                }
+                Refused::Unavailable => (close::TRY_AGAIN, "key records are unavailable; retry"),
+                _ => (close::FORBIDDEN, "Forbidden: invalid API key"),
+            };
+            if refused == Refused::BadKey {
+                FAILED.with(|failed| failed.borrow_mut().failed(&upgrade.client, now()));
+            }
+            shut(client, code, reason);
+            return None;
+        }
+    };
+    let Some(origin) = connect_origin(env, upgrade, &admitted.record).await else {
+        shut(client, close::ORIGIN_FAILED, "the GraphQL origin did not accept the WebSocket");
+        return None;
+    };
+    if origin.accept().is_err() {
+        shut(client, close::ORIGIN_FAILED, "the GraphQL origin did not accept the WebSocket");
+        return None;
+    }
+    Some((Opened { key, origin }, forward))
+}
+
+/// What woke the relay.
+enum Woke {
+    Client(Result<WebsocketEvent>),
+    Origin(Result<WebsocketEvent>),
+    Recheck,
+}
+
+/// How the relay ends: the codes and reasons each side is closed with.
+struct End {
+    client: (u16, String),
+    origin: (u16, String),
+}
+
+impl End {
+    /// The client is refused: its socket closes with `code`, the origin's normally.
+    fn client_refused(code: u16, reason: &str) -> Self {
+        Self { client: (code, reason.to_owned()), origin: (close::NORMAL, "the client was refused by the edge".into()) }
+    }
+}
+
+/// One open relay between a client and the origin.
+struct Relay<'a> {
+    env: &'a Env,
+    protocol: Subprotocol,
+    key: &'a Zeroizing<String>,
+    client: &'a WebSocket,
+    origin: &'a WebSocket,
+}
+
+impl Relay<'_> {
+    async fn run(&self, client_events: worker::EventStream<'_>, origin_events: worker::EventStream<'_>) {
+        let rechecks = stream::unfold((), |()| async {
+            Delay::from(Duration::from_millis(RECHECK_MS)).await;
+            Some((Woke::Recheck, ()))
+        });
+        let events = stream::select(client_events.map(Woke::Client), origin_events.map(Woke::Origin));
+        let mut woken = pin!(stream::select(events, rechecks));
+        while let Some(woke) = woken.next().await {
+            let end = match woke {
+                Woke::Client(Ok(WebsocketEvent::Message(message))) => self.read_from_client(message).await,
+                Woke::Client(Ok(WebsocketEvent::Close(event))) => {
+                    shut(self.origin, relayable_close(event.code()), &event.reason());
+                    return;
+                }
+                Woke::Client(Err(_)) => {
+                    shut(self.origin, close::NORMAL, "the client went away");
+                    return;
+                }
+                Woke::Origin(Ok(WebsocketEvent::Message(message))) => self.pass_from_origin(message),
+                Woke::Origin(Ok(WebsocketEvent::Close(event))) => {
+                    shut(self.client, relayable_close(event.code()), &event.reason());
+                    return;
+                }
+                Woke::Origin(Err(_)) => {
+                    shut(self.client, close::ORIGIN_FAILED, "the GraphQL origin failed");
+                    return;
+                }
+                Woke::Recheck => self.recheck().await,
+            };
+            if let Some(End { client, origin }) = end {
+                shut(self.client, client.0, &client.1);
+                shut(self.origin, origin.0, &origin.1);
+                return;
+            }
+        }
+    }
+
+    /// Passes an origin message on as it came.
+    fn pass_from_origin(&self, message: worker::MessageEvent) -> Option<End> {
+        let sent = match message.text() {
+            Some(text) => self.client.send_with_str(text),
+            None => self.client.send_with_bytes(message.bytes().unwrap_or_default()),
+        };
+        sent.err().map(|_| End {
+            client: (close::NORMAL, "the client's socket failed".into()),
+            origin: (close::NORMAL, "the client went away".into()),
+        })
+    }
+
+    /// Reads a client message: an operation is checked, everything else passes on (an init without
+    /// its key).
+    async fn read_from_client(&self, message: worker::MessageEvent) -> Option<End> {
+        let Some(text) = message.text() else {
+            return Some(End::client_refused(close::BAD_MESSAGE, "Invalid message: GraphQL messages are text"));
+        };
+        if text.len() > MAX_MESSAGE {
+            return Some(End::client_refused(close::TOO_BIG, "Message too big: at most 1 MiB"));
+        }
+        let forward = match read_client(self.protocol, &text) {
+            Err(bad) => return Some(End::client_refused(close::BAD_MESSAGE, bad.reason())),
+            Ok(ClientMessage::Init { forward, .. }) => forward,
+            Ok(ClientMessage::Other) => text,
+            Ok(ClientMessage::Operation { id, payload }) => match self.operation(payload.get().as_bytes()).await {
+                Ok(()) => text,
+                Err(Refused::BadKey | Refused::MissingKey) => {
+                    return Some(End::client_refused(close::FORBIDDEN, "Forbidden: invalid API key"));
+                }
+                Err(refused) => {
+                    let (_, code, message) = refusal_error(&refused);
+                    return self.to_client(&self.protocol.operation_error(&id, code, &message));
+                }
+            },
+        };
+        self.origin.send_with_str(&forward).err().map(|_| End {
+            client: (close::ORIGIN_FAILED, "the GraphQL origin closed".into()),
+            origin: (close::NORMAL, "the edge could not send".into()),
+        })
+    }
+
+    /// Checks one operation with the socket's key, as an HTTP POST of its payload would be, and
+    /// remembers a persisted query it registers.
+    async fn operation(&self, payload: &[u8]) -> std::result::Result<(), Refused> {
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(Refused::BadRequest(crate::graphql::ClassifyError::NotGraphqlJson));
+        }
+        let kv = self.env.kv(RECORDS).map_err(|_| Refused::Unavailable)?;
+        let incoming = Incoming { method: "POST", api_key: Some(self.key), query: &[], body: payload };
+        let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
+        let tiers = tiers(self.env);
+        let admitted = check(&incoming, &RecentKv(kv.clone()), &KvDocuments(kv.clone()), admit, &tiers, now()).await?;
+        if !admitted.registrations.is_empty() {
+            remember(kv, admitted.registrations).await;
+        }
+        Ok(())
+    }
+
+    /// Whether the socket's key is still good; if not, both sides close.
+    async fn recheck(&self) -> Option<End> {
+        let kv = self.env.kv(RECORDS).ok()?;
+        match authenticate(Some(self.key), &[], &RecentKv(kv), now()).await {
+            Err(Refused::BadKey | Refused::MissingKey) => {
+                Some(End::client_refused(close::FORBIDDEN, "Forbidden: the API key was revoked, disabled or expired"))
+            }
+            // A store outage keeps the socket: the next check tries again.
+            _ => None,
+        }
+    }
+
+    /// Sends the client a message the edge wrote.
+    fn to_client(&self, text: &str) -> Option<End> {
+        self.client.send_with_str(text).err().map(|_| End {
+            client: (close::NORMAL, "the client's socket failed".into()),
+            origin: (close::NORMAL, "the client went away".into()),
+        })
+    }
+}
