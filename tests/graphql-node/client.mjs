@@ -4,7 +4,8 @@
 //
 // spec: {"url": "ws://...", "protocol": "graphql-transport-ws" | "graphql-ws",
 //        "headers": {...}?, "connectionParams": {...}?, "operations": [{"id", "query", "variables"?,
-//        "operationName"?, "take"?}], "hold": bool?, "timeoutMs": 10000?}
+//        "operationName"?, "take"?}], "hold": bool?, "timeoutMs": 10000?,
+//        "keepAliveMs": N? (graphql-transport-ws: send a ping every N ms)}
 //
 // graphql-transport-ws runs the graphql-ws client (createClient), graphql-ws (the legacy Apollo
 // protocol) runs subscriptions-transport-ws's SubscriptionClient; both over `ws` with `headers` on
@@ -20,6 +21,7 @@
 //   {"event":"connected","payload":...?}                  connection_ack
 //   {"event":"connection_error","payload":...}            legacy connection_error
 //   {"event":"ka"}                                        legacy keep-alive
+//   {"event":"ping"|"pong","received":bool}               graphql-transport-ws ping/pong, sent or received
 //   {"event":"unexpected_message","data":"..."}           legacy: not JSON or of no known type
 //   {"event":"next","id":"a","data":{...},"errors":[...]?}
 //   {"event":"error","id":"a","errors":[...]}             an error message for an operation
@@ -170,12 +172,16 @@ if (spec.protocol === 'graphql-transport-ws') {
     url: spec.url,
     webSocketImpl: HeaderWebSocket,
     connectionParams: spec.connectionParams,
+    // keepAliveMs: send a `ping` that often; `ping` and `pong` messages are reported either way.
+    keepAlive: spec.keepAliveMs ?? 0,
     lazy: false,
     retryAttempts: 0,
     // Reported through `closed`; the default prints it to stderr.
     onNonLazyError: () => {},
     on: {
       opened: () => report('opened'),
+      ping: (received) => report('ping', { received }),
+      pong: (received) => report('pong', { received }),
       connected: (_socket, payload) => {
         report('connected', payload === undefined ? {} : { payload });
         runOperations(

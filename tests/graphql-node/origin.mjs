@@ -9,7 +9,8 @@
 // connections. Runs from the folder scripts/graphql-node.sh installs, whose node_modules it imports.
 //
 //   GET  /_origin/log    {"upgrades":[{protocol,url,headers}], "inits":[payload], "operations":
-//                        [{transport,protocol,type,name}], "counter":n, "closes":[{protocol,code,reason}]}
+//                        [{transport,protocol,type,name}], "counter":n, "closes":[{protocol,code,reason}],
+//                        "completes":[{protocol,id}] (operations the client ended: complete, legacy stop)}
 //   POST /_origin/reset  forgets the log, sets the counter to 0 and empties the APQ store
 //   POST /_origin/close-sockets?code=N&reason=R   closes every open WebSocket with that code
 
@@ -37,7 +38,7 @@ const legacyKeepAliveMs = keepAliveAt >= 0 ? Number(args[keepAliveAt + 1]) : 0;
 let counter = 0;
 let log = freshLog();
 function freshLog() {
-  return { upgrades: [], inits: [], operations: [], closes: [] };
+  return { upgrades: [], inits: [], operations: [], closes: [], completes: [] };
 }
 
 // Yoga's default store forgets a query after 36 s, shorter than a slow test run.
@@ -153,6 +154,10 @@ useServer(
     onConnect: (ctx) => {
       log.inits.push(ctx.connectionParams ?? null);
     },
+    // A `complete` the client sent (an unsubscribe), by operation id.
+    onComplete: (_ctx, id) => {
+      log.completes.push({ protocol: TRANSPORT_WS, id });
+    },
     // Without this a query that does not parse escapes graphql-ws's message handler and closes the
     // socket with 4500; as the graphql-ws recipes do, answer it with an `error` message instead.
     onSubscribe: (_ctx, _id, payload) => {
@@ -183,6 +188,10 @@ new SubscriptionServer(
     onConnect: (payload) => {
       log.inits.push(payload ?? null);
       return true;
+    },
+    // A `stop` the client sent, by operation id.
+    onOperationComplete: (_socket, id) => {
+      log.completes.push({ protocol: LEGACY_WS, id });
     },
   },
   legacyWss,

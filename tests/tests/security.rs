@@ -493,8 +493,15 @@ fn edge_rows(good: &str, revoked: &str) -> Vec<Row> {
         with("a JSON number", good_b, b"42").expect(400, "BAD_REQUEST"),
         with("query is a number", good_b, br#"{"query":5}"#).expect(400, "BAD_REQUEST"),
         with("a batch of numbers", good_b, b"[1]").expect(400, "BAD_REQUEST"),
-        with("no query (persisted)", good_b, br#"{"extensions":{"persistedQuery":{"sha256Hash":"ab"}}}"#)
+        with("a persisted query without a version", good_b, br#"{"extensions":{"persistedQuery":{"sha256Hash":"ab"}}}"#)
             .expect(400, "BAD_REQUEST"),
+        // A mutation under a hash that is not its own: the edge would classify one document, the origin run another.
+        with(
+            "a persisted query's document that is not its hash",
+            good_b,
+            br#"{"query":"mutation { a }","extensions":{"persistedQuery":{"version":1,"sha256Hash":"8f4b1e0f2f5a5e8a4f4bd6d5f0bb8f2d0b1f79c0c3b0e3cf2f7ea0a9bf0a1a2b"}}}"#,
+        )
+        .expect(400, "BAD_REQUEST"),
         with("a GraphQL syntax error", good_b, br#"{"query":"query { users { id }"}"#).expect(400, "BAD_REQUEST"),
         with("an empty document", good_b, br#"{"query":""}"#).expect(400, "BAD_REQUEST"),
         with("two operations, no operationName", good_b, br#"{"query":"query A { a } query B { b }"}"#)

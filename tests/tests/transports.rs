@@ -148,15 +148,29 @@ async fn subscriptions_stream_through_the_edge_with_the_origins_identity_and_nev
     let stack = Stack::start("ws-stream").await;
     let (key, key_id) = stack.key(&["subscription:read"]).await;
     let jwks = stack.plane.jwks().await;
-    let ticks = json!([{"id": "t", "query": TICKS, "take": 3}]);
+    let ticks = json!([{"id": "t", "query": TICKS, "take": 10}]);
 
     for protocol in [TRANSPORT_WS, LEGACY_WS] {
         for key_in in [KeyIn::Header(&key), KeyIn::Init(&key)] {
             stack.origin.reset().await;
-            let events = NodeClient::run(&spec(&stack.ws_url(), protocol, key_in, ticks.clone()));
+            let mut spec = spec(&stack.ws_url(), protocol, key_in, ticks.clone());
+            // graphql-transport-ws clients ping; the origin's pongs come back through the edge.
+            spec["keepAliveMs"] = json!(30);
+            let events = NodeClient::run(&spec);
             let values: Vec<i64> =
                 of_kind(&events, "next").iter().map(|e| e["data"]["ticks"].as_i64().unwrap()).collect();
-            assert_eq!(values, [1, 2, 3], "{protocol}: the subscription streams: {events:?}\n{}", stack.edge.log());
+            let expected: Vec<i64> = (1..=10).collect();
+            assert_eq!(values, expected, "{protocol}: the subscription streams: {events:?}\n{}", stack.edge.log());
+            if protocol == TRANSPORT_WS {
+                let pongs = of_kind(&events, "pong");
+                assert!(pongs.iter().any(|p| p["received"] == true), "ping and pong pass through: {events:?}");
+            }
+            // The client's complete (legacy: stop) after ten reached the origin, which ended the stream.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while stack.origin.log().await["completes"].as_array().unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "{protocol}: the client's complete never reached the origin");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
 
             let upgrades = stack.origin_upgrades().await;
             assert_eq!(upgrades.len(), 1, "{protocol}: one socket to the origin");
