@@ -14,15 +14,21 @@
 //!   revoked, disabled or expired the client's socket closes with 4403, and the origin's with it.
 //! - **Closing**: a close on one side closes the other with the same code (see
 //!   [`relayable_close`]); an error on one side closes the other; nothing outlives its peer.
+//!
+//! The origin's messages are not read: they go to the client from the runtime's own event callback
+//! ([`OriginPassage`]), as the runtime's value, without becoming Rust text or waking the relay's task.
 
 use std::pin::pin;
 use std::time::Duration;
 
+use futures_channel::mpsc::{unbounded, UnboundedReceiver};
 use futures_util::future::{select, Either};
 use futures_util::{stream, StreamExt};
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{
-    console_error, wasm_bindgen_futures, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
-    WebSocket, WebSocketPair, WebsocketEvent,
+    console_error, js_sys, wasm_bindgen_futures, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+    Result, WebSocket, WebSocketPair, WebsocketEvent,
 };
 use zeroize::Zeroizing;
 
@@ -72,6 +78,8 @@ pub async fn open(request: Request, env: Env) -> Result<Response> {
             "a GraphQL WebSocket needs the subprotocol graphql-transport-ws or graphql-ws",
         );
     };
+    // Reads the vars (the failed-attempts limit among them) on an isolate's first request.
+    let _ = tiers(&env);
     let client = client_address(&request)?;
     if let Some(blocked) = blocked_client(&client) {
         return blocked;
@@ -184,10 +192,13 @@ async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Ope
         },
     };
     let Opened { key, origin } = opened;
-    let Ok(origin_events) = origin.events() else {
-        shut(&client, close::ORIGIN_FAILED, "the edge could not read the origin's socket");
-        shut(&origin, close::NORMAL, "the edge could not read the socket");
-        return;
+    let (passage, origin_ends, origin_send) = match OriginPassage::open(&origin, &client) {
+        Ok(opened) => opened,
+        Err(_) => {
+            shut(&client, close::ORIGIN_FAILED, "the edge could not read the origin's socket");
+            shut(&origin, close::NORMAL, "the edge could not read the socket");
+            return;
+        }
     };
     if let Some(forward) = pending_init {
         if origin.send_with_str(&forward).is_err() {
@@ -195,8 +206,65 @@ async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Ope
             return;
         }
     }
-    let relay = Relay { env: &env, protocol: upgrade.protocol, key: &key, client: &client, origin: &origin };
-    relay.run(client_events, origin_events).await;
+    let relay =
+        Relay { env: &env, protocol: upgrade.protocol, key: &key, client: &client, origin: &origin, origin_send };
+    relay.run(client_events, origin_ends).await;
+    drop(passage);
+}
+
+/// How the origin's socket ended.
+enum OriginEnd {
+    /// Closed, with this code and reason.
+    Closed(u16, String),
+    /// Failed.
+    Failed,
+}
+
+/// The origin's side of a relay: its messages go straight to the client from the runtime's event
+/// callback; its close or failure is sent to the relay's task. The listeners go when it is dropped.
+struct OriginPassage {
+    socket: web_sys::WebSocket,
+    on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
+    on_close: Closure<dyn FnMut(web_sys::CloseEvent)>,
+    on_error: Closure<dyn FnMut(web_sys::ErrorEvent)>,
+}
+
+impl OriginPassage {
+    /// Listens on `origin`, passing its messages to `client`. Also returns how it ends, and the
+    /// origin's own `send`, for passing client messages on as the runtime's values.
+    fn open(
+        origin: &WebSocket,
+        client: &WebSocket,
+    ) -> std::result::Result<(Self, UnboundedReceiver<OriginEnd>, js_sys::Function), JsValue> {
+        let socket: web_sys::WebSocket = origin.as_ref().clone();
+        let client: web_sys::WebSocket = client.as_ref().clone();
+        let client_send: js_sys::Function = js_sys::Reflect::get(&client, &"send".into())?.dyn_into()?;
+        let origin_send: js_sys::Function = js_sys::Reflect::get(&socket, &"send".into())?.dyn_into()?;
+        // A client that cannot take a message is closing: its own close event ends the relay.
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+            let _ = client_send.call1(&client, &event.data());
+        });
+        let (ended, ends) = unbounded();
+        let failed = ended.clone();
+        let on_close = Closure::<dyn FnMut(web_sys::CloseEvent)>::new(move |event: web_sys::CloseEvent| {
+            let _ = ended.unbounded_send(OriginEnd::Closed(event.code(), event.reason()));
+        });
+        let on_error = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |_: web_sys::ErrorEvent| {
+            let _ = failed.unbounded_send(OriginEnd::Failed);
+        });
+        socket.add_event_listener_with_callback("message", on_message.as_ref().unchecked_ref())?;
+        socket.add_event_listener_with_callback("close", on_close.as_ref().unchecked_ref())?;
+        socket.add_event_listener_with_callback("error", on_error.as_ref().unchecked_ref())?;
+        Ok((Self { socket, on_message, on_close, on_error }, ends, origin_send))
+    }
+}
+
+impl Drop for OriginPassage {
+    fn drop(&mut self) {
+        let _ = self.socket.remove_event_listener_with_callback("message", self.on_message.as_ref().unchecked_ref());
+        let _ = self.socket.remove_event_listener_with_callback("close", self.on_close.as_ref().unchecked_ref());
+        let _ = self.socket.remove_event_listener_with_callback("error", self.on_error.as_ref().unchecked_ref());
+    }
 }
 
 /// Waits for the `connection_init` that carries the key, checks the key and opens the origin's
@@ -268,7 +336,7 @@ async fn init_key(
 /// What woke the relay.
 enum Woke {
     Client(Result<WebsocketEvent>),
-    Origin(Result<WebsocketEvent>),
+    Origin(OriginEnd),
     Recheck,
 }
 
@@ -292,15 +360,17 @@ struct Relay<'a> {
     key: &'a Zeroizing<String>,
     client: &'a WebSocket,
     origin: &'a WebSocket,
+    /// The origin socket's `send`, for a client message passed on as the runtime's value.
+    origin_send: js_sys::Function,
 }
 
 impl Relay<'_> {
-    async fn run(&self, client_events: worker::EventStream<'_>, origin_events: worker::EventStream<'_>) {
+    async fn run(&self, client_events: worker::EventStream<'_>, origin_ends: UnboundedReceiver<OriginEnd>) {
         let rechecks = stream::unfold((), |()| async {
             Delay::from(Duration::from_millis(RECHECK_MS)).await;
             Some((Woke::Recheck, ()))
         });
-        let events = stream::select(client_events.map(Woke::Client), origin_events.map(Woke::Origin));
+        let events = stream::select(client_events.map(Woke::Client), origin_ends.map(Woke::Origin));
         let mut woken = pin!(stream::select(events, rechecks));
         while let Some(woke) = woken.next().await {
             let end = match woke {
@@ -313,12 +383,11 @@ impl Relay<'_> {
                     shut(self.origin, close::NORMAL, "the client went away");
                     return;
                 }
-                Woke::Origin(Ok(WebsocketEvent::Message(message))) => self.pass_from_origin(message),
-                Woke::Origin(Ok(WebsocketEvent::Close(event))) => {
-                    shut(self.client, relayable_close(event.code()), &event.reason());
+                Woke::Origin(OriginEnd::Closed(code, reason)) => {
+                    shut(self.client, relayable_close(code), &reason);
                     return;
                 }
-                Woke::Origin(Err(_)) => {
+                Woke::Origin(OriginEnd::Failed) => {
                     shut(self.client, close::ORIGIN_FAILED, "the GraphQL origin failed");
                     return;
                 }
@@ -332,18 +401,6 @@ impl Relay<'_> {
         }
     }
 
-    /// Passes an origin message on as it came.
-    fn pass_from_origin(&self, message: worker::MessageEvent) -> Option<End> {
-        let sent = match message.text() {
-            Some(text) => self.client.send_with_str(text),
-            None => self.client.send_with_bytes(message.bytes().unwrap_or_default()),
-        };
-        sent.err().map(|_| End {
-            client: (close::NORMAL, "the client's socket failed".into()),
-            origin: (close::NORMAL, "the client went away".into()),
-        })
-    }
-
     /// Reads a client message: an operation is checked, everything else passes on (an init without
     /// its key).
     async fn read_from_client(&self, message: worker::MessageEvent) -> Option<End> {
@@ -353,12 +410,13 @@ impl Relay<'_> {
         if text.len() > MAX_MESSAGE {
             return Some(End::client_refused(close::TOO_BIG, "Message too big: at most 1 MiB"));
         }
-        let forward = match read_client(self.protocol, &text) {
+        // What goes on: the message as the runtime holds it, or the init without its key.
+        let forward: JsValue = match read_client(self.protocol, &text) {
             Err(bad) => return Some(End::client_refused(close::BAD_MESSAGE, bad.reason())),
-            Ok(ClientMessage::Init { forward, .. }) => forward,
-            Ok(ClientMessage::Other) => text,
+            Ok(ClientMessage::Init { forward, .. }) => forward.into(),
+            Ok(ClientMessage::Other) => message.as_ref().data(),
             Ok(ClientMessage::Operation { id, payload }) => match self.operation(payload.get().as_bytes()).await {
-                Ok(()) => text,
+                Ok(()) => message.as_ref().data(),
                 Err(Refused::BadKey | Refused::MissingKey) => {
                     return Some(End::client_refused(close::FORBIDDEN, "Forbidden: invalid API key"));
                 }
@@ -368,7 +426,7 @@ impl Relay<'_> {
                 }
             },
         };
-        self.origin.send_with_str(&forward).err().map(|_| End {
+        self.origin_send.call1(self.origin.as_ref(), &forward).err().map(|_| End {
             client: (close::ORIGIN_FAILED, "the GraphQL origin closed".into()),
             origin: (close::NORMAL, "the edge could not send".into()),
         })

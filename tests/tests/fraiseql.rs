@@ -2,7 +2,8 @@
 //! configuration (`[auth]` with keygate's JWKS, the audience and ES256): a read key gets rows through
 //! the edge; FraiseQL refuses a direct call without a token, a forged token, a token signed by a key
 //! not in the JWKS, and an expired one; and after `keygate origin-keys rotate` requests keep working
-//! with no restart of FraiseQL or the edge.
+//! with no restart of FraiseQL or the edge. Apollo persisted queries work through the edge to
+//! FraiseQL's own APQ: the edge remembers the document, FraiseQL its copy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,7 +20,7 @@ use keygate_control_plane::origin_keys::OriginKeyPolicy;
 use keygate_control_plane::service::Settings;
 use keygate_control_plane::store::{SqlStore, Store};
 use keygate_shared::jwt::{Claims, TokenSettings, TokenSigner, JTI_LEN};
-use keygate_shared::{KeyRecord, OriginSigningKey, PermissionSet};
+use keygate_shared::{sha256_hex, KeyRecord, OriginSigningKey, PermissionSet};
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
 use support::control_plane::ControlPlane;
@@ -27,6 +28,17 @@ use support::edge::{through_edge, Edge, EdgeOptions};
 use support::fraiseql::FraiseQl;
 
 const WIDGETS: &str = r#"{"query":"{ widgets { id name } }"}"#;
+const WIDGETS_DOCUMENT: &str = "{ widgets { id name } }";
+
+/// An Apollo persisted query for [`WIDGETS_DOCUMENT`]: its hash, and the document when `with_document`.
+fn persisted_widgets(with_document: bool) -> String {
+    let mut body =
+        json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256_hex(WIDGETS_DOCUMENT)}}});
+    if with_document {
+        body["query"] = WIDGETS_DOCUMENT.into();
+    }
+    body.to_string()
+}
 
 /// The names FraiseQL returned, if it returned rows.
 fn widget_names(body: &str) -> Option<Vec<String>> {
@@ -95,6 +107,23 @@ async fn fraiseql_trusts_keygate_through_its_jwks_and_refuses_everything_else() 
         }
         assert!(Instant::now() < deadline, "no rows through the edge: {status} {body}\n{}", fraiseql.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Persisted queries: the hash alone is unknown at first (the edge answers, FraiseQL is not asked);
+    // sent with its document it runs at FraiseQL and is remembered by both; then the hash alone runs.
+    let (status, _, body) = through_edge(&edge, Some(&key), &persisted_widgets(false)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("PERSISTED_QUERY_NOT_FOUND"), "{body}");
+    let (status, _, body) = through_edge(&edge, Some(&key), &persisted_widgets(true)).await;
+    assert_eq!((status, widget_names(&body).is_some()), (200, true), "registration: {body}\n{}", fraiseql.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = through_edge(&edge, Some(&key), &persisted_widgets(false)).await;
+        if status == 200 && widget_names(&body).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hash alone never ran at FraiseQL: {status} {body}\n{}", fraiseql.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Straight to FraiseQL, around the edge: refused without a token, and with every bad one.
