@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::time::Instant;
 
-use keygate_edge::check::{check, Incoming, RecordSource, Refused, StoreFault};
+use keygate_edge::check::{check, Incoming, NoDocuments, RecordSource, Refused, StoreFault};
 use keygate_edge::ratelimit::{Decision, Tiers};
 use keygate_shared::KeyRecord;
 use serde_json::json;
@@ -58,7 +58,9 @@ pub fn run(args: &Args) -> Result<(), Error> {
     for key in &keys {
         let incoming = Incoming { method: "POST", api_key: Some(key), query: &[], body };
         let admit = |_, limit, _| Decision::Allowed { limit, remaining: limit };
-        if runtime.block_on(check(&incoming, &records, admit, &tiers, 1_800_000_000)) == Err(Refused::BadKey) {
+        if runtime.block_on(check(&incoming, &records, &NoDocuments, admit, &tiers, 1_800_000_000))
+            == Err(Refused::BadKey)
+        {
             refused += 1;
         }
     }
