@@ -6,7 +6,7 @@ SHELL := bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: help dev test setup lint bench bench-signing vectors fuzz
+.PHONY: help dev test setup lint bench bench-signing bench-relay vectors fuzz
 
 help:
 	@echo "make dev      run keygate on embedded defaults"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint     rustfmt and clippy, native and wasm"
 	@echo "make bench    every BENCHMARKS.md figure, with its baselines (BENCH_MODE=smoke: a quick check)"
 	@echo "make bench-signing  the origin JWT's signing cost, natively and in workerd"
+	@echo "make bench-relay    GraphQL WebSocket relay: msgs/s through keygate vs a pass-through relay vs direct"
 	@echo "make vectors  rewrite shared/testdata after a deliberate key-format change"
 	@echo "make fuzz     a short run of every fuzz target (installs cargo-fuzz if missing)"
 
@@ -60,6 +61,12 @@ bench: setup
 # the worker's signer against WebCrypto from plain JS, each beside its baseline; target/bench/signing.md.
 bench-signing: setup
 	scripts/bench-signing.sh
+
+# P10: GraphQL WebSockets through the edge's relay in workerd (miniflare API): messages a second through the
+# keygate worker and a pass-through relay worker against the same socket straight to the origin (graphql-yoga
+# + graphql-ws); target/bench/relay.md. Measures edge-worker/build as it is (built only when missing).
+bench-relay: setup
+	scripts/bench-relay.sh
 
 vectors:
 	KEYGATE_BLESS=1 $(CARGO) test -p keygate-shared --test it vectors

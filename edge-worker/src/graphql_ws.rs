@@ -22,6 +22,10 @@ pub const MAX_MESSAGE: usize = 1024 * 1024;
 pub const INIT_TIMEOUT_MS: u64 = 10_000;
 /// The name a key goes by in the `connection_init` payload (matched without regard to case).
 pub const INIT_KEY: &str = "X-API-Key";
+/// Messages a client may send a second unless the var `WS_MESSAGES_PER_SEC` says otherwise, after a
+/// burst of twice as many; more closes the socket with 4429. A GraphQL client sends a few (operations,
+/// `complete`, pings); a flood would keep the runtime busy relaying it.
+pub const DEFAULT_MESSAGES_PER_SEC: u32 = 100;
 
 /// Close codes the edge sends. The 44xx codes are graphql-ws's own.
 pub mod close {
@@ -41,7 +45,7 @@ pub mod close {
     pub const FORBIDDEN: u16 = 4403;
     /// No `connection_init` within [`super::INIT_TIMEOUT_MS`].
     pub const INIT_TIMEOUT: u16 = 4408;
-    /// Over the key's rate limit at `connection_init`.
+    /// Over the key's rate limit at `connection_init`, or over the socket's message rate.
     pub const RATE_LIMITED: u16 = 4429;
 }
 
@@ -208,6 +212,37 @@ fn read_init(payload: Option<&RawValue>) -> Result<ClientMessage, BadMessage> {
     Ok(ClientMessage::Init { api_key, forward: forward.to_string() })
 }
 
+/// The messages a client may still send: a token bucket of twice the rate, refilled at the rate.
+#[derive(Debug, Clone)]
+pub struct MessageBudget {
+    per_sec: f64,
+    tokens: f64,
+    at_ms: f64,
+}
+
+impl MessageBudget {
+    /// A full budget of `per_sec` messages a second at `now_ms`; 0 is no limit.
+    pub fn new(per_sec: u32, now_ms: f64) -> Self {
+        let per_sec = f64::from(per_sec);
+        Self { per_sec, tokens: 2.0 * per_sec, at_ms: now_ms }
+    }
+
+    /// Spends one message at `now_ms`; false when none is left.
+    pub fn spend(&mut self, now_ms: f64) -> bool {
+        if self.per_sec == 0.0 {
+            return true;
+        }
+        let elapsed = (now_ms - self.at_ms).max(0.0);
+        self.tokens = (self.tokens + elapsed * self.per_sec / 1000.0).min(2.0 * self.per_sec);
+        self.at_ms = now_ms.max(self.at_ms);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 /// Whether a header of the client's upgrade request goes on to the origin's: what an HTTP request
 /// would pass, without the handshake's own headers (the origin's upgrade makes its own).
 pub fn forwards_upgrade_header(name: &str) -> bool {
@@ -315,6 +350,21 @@ mod tests {
         ] {
             assert_eq!(read_client(Subprotocol::TransportWs, bad).unwrap_err(), BadMessage::BadInit, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_client_gets_a_burst_then_a_steady_rate_of_messages() {
+        let mut budget = MessageBudget::new(DEFAULT_MESSAGES_PER_SEC, 0.0);
+        assert!((0..200).all(|_| budget.spend(0.0)), "the burst");
+        assert!(!budget.spend(0.0), "then nothing at once");
+        assert!(budget.spend(10.0), "one more after 10 ms at 100 a second");
+        assert!(!budget.spend(10.0));
+        // A second's rest refills 100, never more than the burst.
+        assert_eq!((0..300).filter(|_| budget.spend(1_010.0)).count(), 100);
+        let mut rested = MessageBudget::new(DEFAULT_MESSAGES_PER_SEC, 0.0);
+        assert_eq!((0..300).filter(|_| rested.spend(60_000.0)).count(), 200);
+        let mut unlimited = MessageBudget::new(0, 0.0);
+        assert!((0..100_000).all(|_| unlimited.spend(0.0)));
     }
 
     #[test]

@@ -18,12 +18,15 @@
 //! The origin's messages are not read: they go to the client from the runtime's own event callback
 //! ([`OriginPassage`]), as the runtime's value, without becoming Rust text or waking the relay's task.
 
+use std::cell::{Cell, RefCell};
 use std::pin::pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_channel::mpsc::{unbounded, UnboundedReceiver};
 use futures_util::future::{select, Either};
 use futures_util::{stream, StreamExt};
+use keygate_shared::{KeyRecord, ParsedKey};
 use worker::wasm_bindgen::closure::Closure;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{
@@ -34,12 +37,12 @@ use zeroize::Zeroizing;
 
 use crate::check::{authenticate, check, check_key, key_in_url, refusal_error, refusal_response, Incoming, Refused};
 use crate::graphql_ws::{
-    close, forwards_upgrade_header, read_client, relayable_close, ClientMessage, Subprotocol, INIT_TIMEOUT_MS,
-    MAX_MESSAGE,
+    close, forwards_upgrade_header, read_client, relayable_close, ClientMessage, MessageBudget, Subprotocol,
+    INIT_TIMEOUT_MS, MAX_MESSAGE,
 };
 use crate::worker::{
     blocked_client, client_address, graphql_error, json_response, now, origin_headers, origin_target, remember, tiers,
-    KvDocuments, RecentKv, FAILED, LIMITER, RECORDS,
+    KvDocuments, RecentKv, FAILED, LIMITER, RECORDS, WS_MESSAGES_PER_SEC,
 };
 
 /// How often an open socket's key is checked again, in milliseconds. With the isolate's record cache
@@ -63,6 +66,15 @@ struct Upgrade {
 struct Opened {
     key: Zeroizing<String>,
     origin: WebSocket,
+    /// When the key stops being good with no change to its record, in unix milliseconds.
+    good_until_ms: f64,
+}
+
+/// When `key` stops passing `record`'s check with no change to the record, in unix milliseconds
+/// (infinity if never).
+fn good_until_ms(key: &str, record: &KeyRecord) -> f64 {
+    let until = ParsedKey::parse(key).ok().and_then(|key| record.good_until(&key));
+    until.map_or(f64::INFINITY, |secs| secs as f64 * 1000.0)
 }
 
 /// Answers a WebSocket upgrade: a refusal, or a 101 whose socket the relay then serves.
@@ -124,7 +136,8 @@ async fn upgrade_key(
             Some(origin) => {
                 origin.accept()?;
                 let key = Zeroizing::new(key.cloned().unwrap_or_default());
-                Ok(Ok(Opened { key, origin }))
+                let good_until_ms = good_until_ms(&key, &admitted.record);
+                Ok(Ok(Opened { key, origin, good_until_ms }))
             }
             None => {
                 Ok(Err(graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not accept the WebSocket")?))
@@ -191,8 +204,9 @@ async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Ope
             None => return,
         },
     };
-    let Opened { key, origin } = opened;
-    let (passage, origin_ends, origin_send) = match OriginPassage::open(&origin, &client) {
+    let Opened { key, origin, good_until_ms } = opened;
+    let good_until = Rc::new(Cell::new(good_until_ms));
+    let (passage, origin_ends, origin_send) = match OriginPassage::open(&origin, &client, good_until.clone()) {
         Ok(opened) => opened,
         Err(_) => {
             shut(&client, close::ORIGIN_FAILED, "the edge could not read the origin's socket");
@@ -206,8 +220,16 @@ async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Ope
             return;
         }
     }
-    let relay =
-        Relay { env: &env, protocol: upgrade.protocol, key: &key, client: &client, origin: &origin, origin_send };
+    let relay = Relay {
+        env: &env,
+        protocol: upgrade.protocol,
+        key: &key,
+        client: &client,
+        origin: &origin,
+        origin_send,
+        good_until,
+        budget: RefCell::new(MessageBudget::new(WS_MESSAGES_PER_SEC.with(Cell::get), js_sys::Date::now())),
+    };
     relay.run(client_events, origin_ends).await;
     drop(passage);
 }
@@ -222,6 +244,10 @@ enum OriginEnd {
 
 /// The origin's side of a relay: its messages go straight to the client from the runtime's event
 /// callback; its close or failure is sent to the relay's task. The listeners go when it is dropped.
+///
+/// The callback also ends the relay once the key's expiry (or its generation's end) has passed: a
+/// stream faster than the runtime relays keeps it too busy for the relay's task and its timer, so
+/// the 500 ms re-check alone could not close it.
 struct OriginPassage {
     socket: web_sys::WebSocket,
     on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
@@ -235,13 +261,25 @@ impl OriginPassage {
     fn open(
         origin: &WebSocket,
         client: &WebSocket,
+        good_until_ms: Rc<Cell<f64>>,
     ) -> std::result::Result<(Self, UnboundedReceiver<OriginEnd>, js_sys::Function), JsValue> {
         let socket: web_sys::WebSocket = origin.as_ref().clone();
         let client: web_sys::WebSocket = client.as_ref().clone();
         let client_send: js_sys::Function = js_sys::Reflect::get(&client, &"send".into())?.dyn_into()?;
         let origin_send: js_sys::Function = js_sys::Reflect::get(&socket, &"send".into())?.dyn_into()?;
+        let origin_socket = socket.clone();
+        let mut expired = false;
         // A client that cannot take a message is closing: its own close event ends the relay.
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+            if expired {
+                return;
+            }
+            if js_sys::Date::now() >= good_until_ms.get() {
+                expired = true;
+                let _ = client.close_with_code_and_reason(close::FORBIDDEN, KEY_NO_LONGER_GOOD);
+                let _ = origin_socket.close_with_code_and_reason(close::NORMAL, CLIENT_REFUSED);
+                return;
+            }
             let _ = client_send.call1(&client, &event.data());
         });
         let (ended, ends) = unbounded();
@@ -330,7 +368,8 @@ async fn init_key(
         shut(client, close::ORIGIN_FAILED, "the GraphQL origin did not accept the WebSocket");
         return None;
     }
-    Some((Opened { key, origin }, forward))
+    let good_until_ms = good_until_ms(&key, &admitted.record);
+    Some((Opened { key, origin, good_until_ms }, forward))
 }
 
 /// What woke the relay.
@@ -349,9 +388,14 @@ struct End {
 impl End {
     /// The client is refused: its socket closes with `code`, the origin's normally.
     fn client_refused(code: u16, reason: &str) -> Self {
-        Self { client: (code, reason.to_owned()), origin: (close::NORMAL, "the client was refused by the edge".into()) }
+        Self { client: (code, reason.to_owned()), origin: (close::NORMAL, CLIENT_REFUSED.into()) }
     }
 }
+
+/// The close reason of a socket whose key was revoked, disabled or expired.
+const KEY_NO_LONGER_GOOD: &str = "Forbidden: the API key was revoked, disabled or expired";
+/// The close reason the origin gets when the edge refuses the client.
+const CLIENT_REFUSED: &str = "the client was refused by the edge";
 
 /// One open relay between a client and the origin.
 struct Relay<'a> {
@@ -362,6 +406,10 @@ struct Relay<'a> {
     origin: &'a WebSocket,
     /// The origin socket's `send`, for a client message passed on as the runtime's value.
     origin_send: js_sys::Function,
+    /// When the key stops being good with no change to its record (unix ms), as of the last check.
+    good_until: Rc<Cell<f64>>,
+    /// The messages the client may still send.
+    budget: RefCell<MessageBudget>,
 }
 
 impl Relay<'_> {
@@ -404,6 +452,9 @@ impl Relay<'_> {
     /// Reads a client message: an operation is checked, everything else passes on (an init without
     /// its key).
     async fn read_from_client(&self, message: worker::MessageEvent) -> Option<End> {
+        if !self.budget.borrow_mut().spend(js_sys::Date::now()) {
+            return Some(End::client_refused(close::RATE_LIMITED, "Too many messages"));
+        }
         let Some(text) = message.text() else {
             return Some(End::client_refused(close::BAD_MESSAGE, "Invalid message: GraphQL messages are text"));
         };
@@ -453,11 +504,15 @@ impl Relay<'_> {
     async fn recheck(&self) -> Option<End> {
         let kv = self.env.kv(RECORDS).ok()?;
         match authenticate(Some(self.key), &[], &RecentKv(kv), now()).await {
+            Ok(record) => {
+                self.good_until.set(good_until_ms(self.key, &record));
+                None
+            }
             Err(Refused::BadKey | Refused::MissingKey) => {
-                Some(End::client_refused(close::FORBIDDEN, "Forbidden: the API key was revoked, disabled or expired"))
+                Some(End::client_refused(close::FORBIDDEN, KEY_NO_LONGER_GOOD))
             }
             // A store outage keeps the socket: the next check tries again.
-            _ => None,
+            Err(_) => None,
         }
     }
 

@@ -6,7 +6,8 @@
 //! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never),
 //! `FAILED_ATTEMPTS_PER_MINUTE` (bad keys one client address may send a minute before it is
 //! refused outright; 20 by default, 0 for no limit) and `APQ_TTL_SECS` (how long KV keeps a persisted
-//! query's document; a day by default, at least 60);
+//! query's document; a day by default, at least 60), `WS_MESSAGES_PER_SEC` (messages one WebSocket
+//! client may send a second, after a burst of twice that; 100 by default, 0 for no limit);
 //! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
 //!
 //! The origin's JWT (`Authorization: Bearer`, see [`crate::identity`]): vars `ORIGIN_JWT_ALG` (`ES256`,
@@ -50,6 +51,8 @@ thread_local! {
     // Persisted queries' documents seen lately, and how long KV keeps one (`APQ_TTL_SECS`).
     static DOCUMENTS: RefCell<RecentDocuments> = RefCell::new(RecentDocuments::default());
     static APQ_TTL_SECS: Cell<u64> = const { Cell::new(persisted::DEFAULT_TTL_SECS) };
+    // Messages a second one WebSocket client may send (`WS_MESSAGES_PER_SEC`; 0 for no limit).
+    pub(crate) static WS_MESSAGES_PER_SEC: Cell<u32> = const { Cell::new(crate::graphql_ws::DEFAULT_MESSAGES_PER_SEC) };
     // The vars do not change within an isolate: read once.
     static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
     // The origin's JWT: its settings, the sealed signing keys and the recent tokens. Set up on first use.
@@ -176,6 +179,9 @@ pub(crate) fn tiers(env: &Env) -> Rc<Tiers> {
             }
             if let Some(limit) = number_var(env, "FAILED_ATTEMPTS_PER_MINUTE") {
                 FAILED.with(|failed| *failed.borrow_mut() = FailedAttempts::new(limit, attempts::DEFAULT_CAPACITY));
+            }
+            if let Some(rate) = number_var::<u32>(env, "WS_MESSAGES_PER_SEC") {
+                WS_MESSAGES_PER_SEC.with(|held| held.set(rate));
             }
             if let Some(ttl) = number_var::<u64>(env, "APQ_TTL_SECS") {
                 APQ_TTL_SECS.with(|held| held.set(ttl.max(persisted::MIN_TTL_SECS)));

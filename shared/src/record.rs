@@ -114,6 +114,23 @@ impl KeyRecord {
         Ok(())
     }
 
+    /// When a key that passes [`check`](Self::check) stops passing with no change to this record:
+    /// the earlier of the key's expiry and the end of the secret generation it presents (unix
+    /// seconds), or `None` if neither ends.
+    pub fn good_until(&self, key: &ParsedKey<'_>) -> Option<i64> {
+        let presented = key.hash();
+        let secret_end = self
+            .secrets
+            .iter()
+            .filter(|secret| bool::from(secret.hash.ct_eq(&presented)))
+            .filter_map(|secret| secret.not_after)
+            .min();
+        match (self.expires_at, secret_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether the key is past its expiry at `now`.
     pub fn is_expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|end| now >= end)
@@ -145,6 +162,24 @@ mod tests {
             secrets,
             owner: None,
         }
+    }
+
+    #[test]
+    fn a_key_is_good_until_its_expiry_or_its_generations_end() {
+        let (old, new) = (key(1), key(2));
+        let mut record = record(vec![
+            SecretEntry { hash: new.hash(), not_after: None },
+            SecretEntry { hash: old.hash(), not_after: Some(500) },
+        ]);
+        assert_eq!(record.good_until(&new.parts()), Some(1_000));
+        assert_eq!(record.good_until(&old.parts()), Some(500));
+        record.expires_at = None;
+        assert_eq!(record.good_until(&new.parts()), None);
+        assert_eq!(record.good_until(&old.parts()), Some(500));
+        // Where the answer says a key is good, check agrees; from then on it does not.
+        record.expires_at = Some(400);
+        assert_eq!(record.check(&old.parts(), 399), Ok(()));
+        assert!(record.check(&old.parts(), record.good_until(&old.parts()).unwrap()).is_err());
     }
 
     #[test]

@@ -16,12 +16,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use keygate_control_plane::kms::local::LocalKms;
 use keygate_control_plane::kms::Kms;
 use keygate_control_plane::store::{SqlStore, Store};
-use keygate_shared::sha256_hex;
+use keygate_shared::{sha256_hex, KeyRecord, ParsedKey, PermissionSet, SecretEntry};
 use serde_json::{json, Value};
 use support::control_plane::ControlPlane;
-use support::edge::{Edge, EdgeOptions};
+use support::edge::{Edge, EdgeOptions, SignedPush};
 use support::graphql_node::{NodeClient, NodeOrigin};
-use support::http;
+use support::{http, SYNC_SECRET};
 
 const TRANSPORT_WS: &str = "graphql-transport-ws";
 const LEGACY_WS: &str = "graphql-ws";
@@ -316,6 +316,61 @@ async fn revoking_a_key_closes_its_sockets_and_closes_pass_through() {
         assert!(Instant::now() < deadline, "the origin's sockets stayed open after the revocation");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_expires_mid_stream_closes_its_sockets() {
+    let stack = Stack::start("ws-expiry").await;
+    let (key, _) = stack.key(&["subscription:read"]).await;
+    // The key's record as the control plane would send it, but expiring in a few seconds (the API's
+    // shortest life is a day): pushed, signed, with a sequence number above the control plane's.
+    let parsed = ParsedKey::parse(&key).unwrap();
+    let expires_at = support::now() + 4;
+    let record = KeyRecord {
+        key_id: parsed.key_id(),
+        seq: 1 << 40,
+        tier: "default".into(),
+        permissions: PermissionSet::parse(["subscription:read"]).unwrap(),
+        expires_at: Some(expires_at),
+        revoked: false,
+        secrets: vec![SecretEntry { hash: parsed.hash(), not_after: None }],
+        owner: None,
+    };
+    let (status, body) = SignedPush::new(vec![record], support::now(), SYNC_SECRET).send(&stack.edge).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut clients: Vec<NodeClient> = [TRANSPORT_WS, LEGACY_WS]
+        .into_iter()
+        .map(|protocol| {
+            let mut spec = spec(&stack.ws_url(), protocol, KeyIn::Header(&key), json!([{"id": "t", "query": TICKS}]));
+            spec["timeoutMs"] = json!(15_000);
+            NodeClient::start(&spec)
+        })
+        .collect();
+    for client in &mut clients {
+        assert!(client.wait_for("next", Duration::from_secs(10)).is_some(), "{:?}", client.events());
+    }
+    for client in &mut clients {
+        let closed = client.wait_for("closed", Duration::from_secs(10)).expect("the socket of an expired key closes");
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert_eq!(closed["code"], 4403, "{closed}");
+        let late = at - expires_at as f64;
+        println!("closed {late:.3} s after the key expired");
+        assert!((-0.1..2.0).contains(&late), "closed {late:.3} s after the key expired");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_its_socket_is_closed() {
+    let stack = Stack::start("ws-flood").await;
+    let (key, _) = stack.key(&["query:read"]).await;
+    // 300 queries back to back: past the burst of 200 (100 a second by default) the socket closes.
+    let operations: Vec<Value> = (0..300).map(|i| json!({"id": format!("q{i}"), "query": HELLO})).collect();
+    let events = NodeClient::run(&spec(&stack.ws_url(), TRANSPORT_WS, KeyIn::Header(&key), json!(operations)));
+    let closed = of_kind(&events, "closed");
+    assert_eq!(closed.first().map(|c| c["code"].clone()), Some(json!(4429)), "{:?}", events.last());
+    let answered = of_kind(&events, "next").len();
+    assert!((200..300).contains(&answered), "{answered} answered before the close");
 }
 
 /// An APQ request body: the hash, and the document when `with_document`.
