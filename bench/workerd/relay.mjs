@@ -43,13 +43,14 @@
 // behaved (NOTE lines: close frames not passed on, a side request kept waiting) is reported, not failed.
 
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, createHmac, webcrypto } from "node:crypto";
+import { createHash, webcrypto } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+
+import { freePort, push as signedPush, round, run } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
@@ -390,19 +391,8 @@ async function main() {
     return { name, mf, base, ws: `${base.replace(/^http/, "ws")}/graphql`, pid: pids.length === 1 ? pids[0] : null };
   }
 
-  // A signed push (DESIGN.md): HMAC-SHA256 hex over `timestamp + "." + body`.
-  async function push(base, record) {
-    const body = JSON.stringify({ records: [record], signing_keys: [fixture.signing_key] });
-    const timestamp = String(Math.floor(Date.now() / 1000));
-    const signature = createHmac("sha256", syncSecret).update(`${timestamp}.${body}`).digest("hex");
-    const answer = await fetch(`${base}/_keygate/sync`, {
-      method: "POST",
-      headers: { "content-type": "application/json", "X-Keygate-Timestamp": timestamp, "X-Keygate-Signature": signature },
-      body,
-    });
-    const text = await answer.text();
-    if (answer.status !== 200) throw new Error(`the push got ${answer.status}: ${text}`);
-  }
+  // `record` and the fixture's signing key, pushed to the worker at `base`.
+  const push = (base, record) => signedPush(base, syncSecret, { records: [record], signing_keys: [fixture.signing_key] });
 
   // One socket for the probes: the upgrade's status if refused, the messages, the close code.
   // `send` goes at once, `afterAck` once connection_ack is in (graphql-ws refuses an operation before it).
@@ -977,33 +967,8 @@ function report(summary) {
 
 // ---------------------------------------------------------------------------------------------------------
 
-function round(value, digits = 1) {
-  const scale = 10 ** digits;
-  return Math.round(value * scale) / scale;
-}
-
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-// A command's stdout; it must succeed.
-function run(command, args) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (chunk) => (out += chunk));
-    child.once("error", reject);
-    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${path.basename(command)} ${args[0]} exited ${code}`))));
-  });
-}

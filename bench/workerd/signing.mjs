@@ -26,14 +26,15 @@
 // judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to stderr.
 
 import { spawn } from "node:child_process";
-import { createHash, createHmac, webcrypto } from "node:crypto";
+import { createHash, webcrypto } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+
+import { freePort, push as signedPush, round, run } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
@@ -237,19 +238,9 @@ async function main() {
     }
   }
 
-  // A signed push (DESIGN.md): HMAC-SHA256 hex over `timestamp + "." + body`.
-  async function push(base, withKey) {
-    const body = JSON.stringify({ records: [fixture.record], ...(withKey ? { signing_keys: [fixture.signing_key] } : {}) });
-    const timestamp = String(Math.floor(Date.now() / 1000));
-    const signature = createHmac("sha256", syncSecret).update(`${timestamp}.${body}`).digest("hex");
-    const answer = await fetch(`${base}/_keygate/sync`, {
-      method: "POST",
-      headers: { "content-type": "application/json", "X-Keygate-Timestamp": timestamp, "X-Keygate-Signature": signature },
-      body,
-    });
-    const text = await answer.text();
-    if (answer.status !== 200) throw new Error(`the push got ${answer.status}: ${text}`);
-  }
+  // The fixture's record, and its signing key when `withKey`, pushed to the worker at `base`.
+  const push = (base, withKey) =>
+    signedPush(base, syncSecret, { records: [fixture.record], ...(withKey ? { signing_keys: [fixture.signing_key] } : {}) });
 
   console.error(
     `== signing bench: ${workers.length} workers × ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ${connections} connections${smoke ? " (smoke)" : ""}`,
@@ -357,11 +348,6 @@ function summarize(runs, settings) {
   return { settings, machine: { cores: os.availableParallelism(), node: process.version }, harness, workers, derived };
 }
 
-function round(value, digits = 1) {
-  const scale = 10 ** digits;
-  return Math.round(value * scale) / scale;
-}
-
 function pick(object, keys) {
   return Object.fromEntries(keys.map((k) => [k, object[k]]));
 }
@@ -424,24 +410,4 @@ function report(summary) {
   return lines.join("\n");
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-// A command's stdout; it must succeed.
-function run(command, args) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (chunk) => (out += chunk));
-    child.once("error", reject);
-    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${path.basename(command)} ${args[0]} exited ${code}`))));
-  });
-}
