@@ -1,10 +1,14 @@
-// What the workerd benchmarks (signing.mjs, relay.mjs) share: free ports, running a command, rounding,
-// and the signed push that hands the keygate worker its records and signing key.
+// What the workerd benchmarks (signing.mjs, relay.mjs) share: their settings and tools, free ports,
+// running a command, rounding, and the signed push that hands the keygate worker its records and
+// signing key.
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import net from "node:net";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 
 export function round(value, digits = 1) {
   const scale = 10 ** digits;
@@ -46,4 +50,48 @@ export async function push(base, syncSecret, payload) {
   });
   const text = await answer.text();
   if (answer.status !== 200) throw new Error(`the push got ${answer.status}: ${text}`);
+}
+
+// What every workerd bench starts from: BENCH_MODE and the `<prefix>_ROUNDS`, `_SECS` and `_WARMUP`
+// settings (smoke mode: 1 round of 1 s, judged by nobody), the keygate-bench binary (KEYGATE_BENCH_BIN),
+// miniflare from the pinned node tools (KEYGATE_NODE_MODULES), wrangler.toml's compatibility date and
+// the built worker's folder. Throws when one is missing.
+export function workerdBench(prefix, { warmup }) {
+  const env = process.env;
+  const smoke = env.BENCH_MODE === "smoke";
+  const number = (name, fallback) => (smoke || env[name] === undefined ? fallback : Number(env[name]));
+  const bin = env.KEYGATE_BENCH_BIN;
+  if (!bin || !existsSync(bin)) throw new Error("KEYGATE_BENCH_BIN must name the keygate-bench binary");
+  if (!env.KEYGATE_NODE_MODULES) throw new Error("KEYGATE_NODE_MODULES is not set (eval scripts/tools.sh)");
+  const { Miniflare } = createRequire(`${env.KEYGATE_NODE_MODULES}/`)("miniflare");
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+  const compatibilityDate = readFileSync(path.join(root, "wrangler.toml"), "utf8").match(
+    /^compatibility_date\s*=\s*"([^"]+)"/m,
+  )[1];
+  const built = path.join(root, "edge-worker/build");
+  if (!existsSync(path.join(built, "index.js"))) throw new Error("no built worker: run scripts/build-worker.sh");
+  return {
+    env,
+    smoke,
+    number,
+    rounds: number(`${prefix}_ROUNDS`, smoke ? 1 : 3),
+    seconds: number(`${prefix}_SECS`, smoke ? 1 : 10),
+    warmup: number(`${prefix}_WARMUP`, smoke ? 0.5 : warmup),
+    bin,
+    Miniflare,
+    compatibilityDate,
+    built,
+  };
+}
+
+// Miniflare's options for a module worker with its wasm, served on a free loopback port.
+export async function served(compatibilityDate) {
+  return {
+    modules: true,
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    compatibilityDate,
+    host: "127.0.0.1",
+    port: await freePort(),
+    cf: false,
+  };
 }

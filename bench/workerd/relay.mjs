@@ -50,7 +50,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { freePort, push as signedPush, round, run } from "./common.mjs";
+import { push as signedPush, round, run, served, workerdBench } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
@@ -262,27 +262,16 @@ async function client(spec) {
 // The run.
 
 async function main() {
-  const env = process.env;
-  const smoke = env.BENCH_MODE === "smoke";
-  const number = (name, fallback) => (smoke || env[name] === undefined ? fallback : Number(env[name]));
-  const rounds = number("RELAY_BENCH_ROUNDS", smoke ? 1 : 3);
-  const seconds = number("RELAY_BENCH_SECS", smoke ? 1 : 10);
-  const warmup = number("RELAY_BENCH_WARMUP", smoke ? 0.5 : 1);
+  const { env, smoke, rounds, seconds, warmup, bin, Miniflare, compatibilityDate, built } = workerdBench(
+    "RELAY_BENCH",
+    { warmup: 1 },
+  );
   const many = Number(env.RELAY_BENCH_SOCKETS ?? 8);
-  const bin = env.KEYGATE_BENCH_BIN;
-  if (!bin || !existsSync(bin)) throw new Error("KEYGATE_BENCH_BIN must name the keygate-bench binary");
-  if (!env.KEYGATE_NODE_MODULES) throw new Error("KEYGATE_NODE_MODULES is not set (eval scripts/tools.sh)");
   const graphqlNode = env.KEYGATE_GRAPHQL_NODE;
   if (!graphqlNode || !existsSync(path.join(graphqlNode, "origin.mjs"))) {
     throw new Error("KEYGATE_GRAPHQL_NODE must name the folder scripts/graphql-node.sh prints");
   }
-  const { Miniflare } = createRequire(`${env.KEYGATE_NODE_MODULES}/`)("miniflare");
   const WebSocket = loadWs();
-  const compatibilityDate = readFileSync(path.join(root, "wrangler.toml"), "utf8").match(
-    /^compatibility_date\s*=\s*"([^"]+)"/m,
-  )[1];
-  const built = path.join(root, "edge-worker/build");
-  if (!existsSync(path.join(built, "index.js"))) throw new Error("no built worker: run scripts/build-worker.sh");
   const clockTicks = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 
   const children = [];
@@ -364,12 +353,7 @@ async function main() {
   async function startWorker(name) {
     const before = new Set(workerdChildren());
     const mf = new Miniflare({
-      modules: true,
-      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-      compatibilityDate,
-      host: "127.0.0.1",
-      port: await freePort(),
-      cf: false,
+      ...(await served(compatibilityDate)),
       // Everything the worker and workerd say goes to stderr, and is kept to count errors.
       handleRuntimeStdio: (stdout, stderr) => {
         stdout.resume();

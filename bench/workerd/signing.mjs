@@ -29,12 +29,11 @@ import { spawn } from "node:child_process";
 import { createHash, webcrypto } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { freePort, push as signedPush, round, run } from "./common.mjs";
+import { freePort, push as signedPush, round, run, served, workerdBench } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
@@ -85,23 +84,11 @@ function origin(port) {
 }
 
 async function main() {
-  const env = process.env;
-  const smoke = env.BENCH_MODE === "smoke";
-  const number = (name, fallback) => (smoke || env[name] === undefined ? fallback : Number(env[name]));
-  const rounds = number("SIGNING_BENCH_ROUNDS", smoke ? 1 : 3);
-  const seconds = number("SIGNING_BENCH_SECS", smoke ? 1 : 10);
-  const warmup = number("SIGNING_BENCH_WARMUP", smoke ? 0.5 : 2);
+  const { env, smoke, rounds, seconds, warmup, bin, Miniflare, compatibilityDate, built } = workerdBench(
+    "SIGNING_BENCH",
+    { warmup: 2 },
+  );
   const connections = Number(env.SIGNING_BENCH_CONNECTIONS ?? 8);
-  const bin = env.KEYGATE_BENCH_BIN;
-  if (!bin || !existsSync(bin)) throw new Error("KEYGATE_BENCH_BIN must name the keygate-bench binary");
-  if (!env.KEYGATE_NODE_MODULES) throw new Error("KEYGATE_NODE_MODULES is not set (eval scripts/tools.sh)");
-  const require = createRequire(`${env.KEYGATE_NODE_MODULES}/`);
-  const { Miniflare } = require("miniflare");
-  const compatibilityDate = readFileSync(path.join(root, "wrangler.toml"), "utf8").match(
-    /^compatibility_date\s*=\s*"([^"]+)"/m,
-  )[1];
-  const built = path.join(root, "edge-worker/build");
-  if (!existsSync(path.join(built, "index.js"))) throw new Error("no built worker: run scripts/build-worker.sh");
 
   const children = [];
   let live; // the Miniflare instance running now
@@ -188,12 +175,7 @@ async function main() {
   // One worker: start it, push the key (keygate), check one request, load it, check what the origin saw.
   async function measure(worker, round) {
     const mf = new Miniflare({
-      modules: true,
-      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-      compatibilityDate,
-      host: "127.0.0.1",
-      port: await freePort(),
-      cf: false,
+      ...(await served(compatibilityDate)),
       // The worker's console goes to stderr (stdout is the report); workerd's stdout carries the same
       // lines as structured logs.
       handleRuntimeStdio: (stdout, stderr) => {
