@@ -162,19 +162,26 @@ pub async fn check<R: RecordSource, D: DocumentSource>(
         }
     }
     if unknown {
-        let batch = body.is_batch().then(|| body.len());
-        return match admit(record.key_id, tiers.limit(&record.tier), now) {
-            Decision::Allowed { .. } => Err(Refused::PersistedQueryNotFound { batch }),
-            Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
-        };
+        rate_limit(&record, admit, tiers, now)?;
+        return Err(Refused::PersistedQueryNotFound { batch: body.is_batch().then(|| body.len()) });
     }
     let operations = body.operations().map_err(Refused::BadRequest)?;
     record.permissions.check_request(&operations, body.is_batch()).map_err(Refused::Forbidden)?;
 
+    let (limit, remaining) = rate_limit(&record, admit, tiers, now)?;
+    Ok(Admitted { record, limit, remaining, registrations: body.registrations() })
+}
+
+/// The rate limiter's answer for the key `record` describes: the window's limit and what is left,
+/// or the 429.
+fn rate_limit(
+    record: &KeyRecord,
+    admit: impl FnOnce(KeyId, u32, i64) -> Decision,
+    tiers: &Tiers,
+    now: i64,
+) -> Result<(u32, u32), Refused> {
     match admit(record.key_id, tiers.limit(&record.tier), now) {
-        Decision::Allowed { limit, remaining } => {
-            Ok(Admitted { record, limit, remaining, registrations: body.registrations() })
-        }
+        Decision::Allowed { limit, remaining } => Ok((limit, remaining)),
         Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
     }
 }
@@ -190,10 +197,8 @@ pub async fn check_key<R: RecordSource>(
     now: i64,
 ) -> Result<Admitted, Refused> {
     let record = authenticate(api_key, query, records, now).await?;
-    match admit(record.key_id, tiers.limit(&record.tier), now) {
-        Decision::Allowed { limit, remaining } => Ok(Admitted { record, limit, remaining, registrations: vec![] }),
-        Decision::Limited { limit, retry_after } => Err(Refused::RateLimited { limit, retry_after }),
-    }
+    let (limit, remaining) = rate_limit(&record, admit, tiers, now)?;
+    Ok(Admitted { record, limit, remaining, registrations: vec![] })
 }
 
 /// Apollo's answer for an unknown persisted query, one per entry of a batch.
