@@ -10,6 +10,8 @@
 //! - **Each operation** (`subscribe`, legacy `start`) goes through the HTTP check with the socket's
 //!   key: its permission, the rate limit, persisted queries. A refused one gets an `error` message for
 //!   its id and never reaches the origin.
+//! - **Other client messages** must be the subprotocol's, at most 1 MiB, and at most
+//!   `WS_MESSAGES_PER_SEC` a second ([`MessageBudget`]); they go on as sent.
 //! - **The key is re-checked** every [`RECHECK_MS`] against the isolate's recent record: once it is
 //!   revoked, disabled or expired the client's socket closes with 4403, and the origin's with it.
 //! - **Closing**: a close on one side closes the other with the same code (see
