@@ -169,8 +169,8 @@ fn number_var<T: std::str::FromStr>(env: &Env, name: &str) -> Option<T> {
     env.var(name).ok().and_then(|v| v.to_string().trim().parse().ok())
 }
 
-/// The tiers, and the record cache time, failed-attempt limit and persisted documents' expiry, from
-/// the vars on the isolate's first request.
+/// The tiers, and the record cache time, failed-attempt limit, persisted documents' expiry and
+/// WebSocket message rate, from the vars on the isolate's first request.
 pub(crate) fn tiers(env: &Env) -> Rc<Tiers> {
     TIERS.with(|held| {
         held.get_or_init(|| {

@@ -15,26 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{free_port, http, root};
+use super::{free_port, http, root, script_exports};
 
 /// `FRAISEQL_SERVER`, `FRAISEQL_CLI` and `PG18_BIN`, from `scripts/fraiseql.sh`, which installs what
 /// is missing the first time a test process asks.
 pub fn fraiseql_tools() -> &'static HashMap<String, String> {
     static TOOLS: OnceLock<HashMap<String, String>> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/fraiseql.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/fraiseql.sh");
-        assert!(out.status.success(), "scripts/fraiseql.sh failed");
-        let tools: HashMap<String, String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| line.strip_prefix("export "))
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(name, value)| (name.to_owned(), value.trim_matches('"').to_owned()))
-            .collect();
+        let tools = script_exports("fraiseql.sh");
         for name in ["FRAISEQL_SERVER", "FRAISEQL_CLI", "PG18_BIN"] {
             assert!(tools.contains_key(name), "scripts/fraiseql.sh printed no {name}: {tools:?}");
         }

@@ -15,25 +15,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{http, root};
+use super::{http, script_exports};
 
 /// The folder `scripts/graphql-node.sh` installed the packages and copied the scripts into, from its
 /// `KEYGATE_GRAPHQL_NODE`; installs on the first call of a test process.
 pub fn graphql_node() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/graphql-node.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/graphql-node.sh");
-        assert!(out.status.success(), "scripts/graphql-node.sh failed");
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let dir = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("export KEYGATE_GRAPHQL_NODE="))
-            .unwrap_or_else(|| panic!("scripts/graphql-node.sh printed no KEYGATE_GRAPHQL_NODE: {stdout}"));
-        PathBuf::from(dir.trim_matches('"'))
+        let exports = script_exports("graphql-node.sh");
+        let dir = exports.get("KEYGATE_GRAPHQL_NODE").expect("scripts/graphql-node.sh printed no KEYGATE_GRAPHQL_NODE");
+        PathBuf::from(dir)
     })
 }
 

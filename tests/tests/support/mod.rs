@@ -42,10 +42,15 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// The worker toolchain's environment, from `scripts/tools.sh`.
-pub fn tools() -> HashMap<String, String> {
-    let out = Command::new("bash").arg(root().join("scripts/tools.sh")).stderr(Stdio::inherit()).output().unwrap();
-    assert!(out.status.success(), "scripts/tools.sh failed");
+/// The `export NAME="value"` lines a setup script under `scripts/` prints (it installs what is missing
+/// first), as a map. `$PATH` in a value is this process's `PATH`.
+pub fn script_exports(script: &str) -> HashMap<String, String> {
+    let out = Command::new("bash")
+        .arg(root().join("scripts").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(out.status.success(), "scripts/{script} failed");
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -57,6 +62,11 @@ pub fn tools() -> HashMap<String, String> {
             (k.to_owned(), value)
         })
         .collect()
+}
+
+/// The worker toolchain's environment, from `scripts/tools.sh`.
+pub fn tools() -> HashMap<String, String> {
+    script_exports("tools.sh")
 }
 
 /// An HTTP client whose calls fail after 10 s instead of hanging a test.
