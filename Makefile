@@ -6,14 +6,14 @@ SHELL := bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: help dev test setup lint bench bench-signing bench-relay vectors fuzz
+.PHONY: help dev test setup lint bench bench-edge bench-relay vectors fuzz
 
 help:
 	@echo "make dev      run keygate on embedded defaults"
 	@echo "make test     install what is missing, then run every test"
 	@echo "make lint     rustfmt and clippy, native and wasm"
 	@echo "make bench    every BENCHMARKS.md figure, with its baselines (BENCH_MODE=smoke: a quick check)"
-	@echo "make bench-signing  the origin JWT's signing cost, natively and in workerd"
+	@echo "make bench-edge     the edge against a pass-through worker in workerd (P1), and the JWT signer (P9)"
 	@echo "make bench-relay    GraphQL WebSocket relay: msgs/s through keygate vs a pass-through relay vs direct"
 	@echo "make vectors  rewrite shared/testdata after a deliberate key-format change"
 	@echo "make fuzz     a short run of every fuzz target (installs cargo-fuzz if missing)"
@@ -57,10 +57,11 @@ lint: setup
 bench: setup
 	scripts/bench.sh
 
-# The origin JWT's per-request signing cost, natively (criterion) and in workerd through the miniflare API:
-# the worker's signer against WebCrypto from plain JS, each beside its baseline; target/bench/signing.md.
-bench-signing: setup
-	scripts/bench-signing.sh
+# P1 and P9: what the edge costs per request in workerd (miniflare API, no wrangler proxy), the keygate worker
+# with and without the origin JWT beside a pass-through worker, and the JWT signer beside WebCrypto from plain
+# JS, natively too (criterion); target/bench/edge.md. EDGE_BENCH_PROFILE=<dir> adds V8 CPU profiles.
+bench-edge: setup
+	scripts/bench-edge.sh
 
 # P10: GraphQL WebSockets through the edge's relay in workerd (miniflare API): messages a second through the
 # keygate worker and a pass-through relay worker against the same socket straight to the origin (graphql-yoga

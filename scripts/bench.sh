@@ -4,7 +4,8 @@
 #
 # BENCH_MODE=smoke (what .ci/run uses) runs every step for a moment, on debug builds, so the harness
 # cannot rot; its figures mean nothing. Needs PostgreSQL on 127.0.0.1:5432 (BENCH_PG); starts its own
-# KMS API server, origin, workers and control plane, and stops them at the end.
+# KMS API server, origin, workers (in workerd, through the miniflare API) and control plane, and stops them
+# at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,7 @@ pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "$pid" 2>/dev/null || true; done; }
 trap stop_all EXIT
 # start NAME CMD...: a background service in its own process group (job control on), so stopping it
-# stops its children too (wrangler runs workerd as a child).
+# stops its children too (miniflare runs workerd as a child).
 set -m
 start() { local name=$1; shift; "$@" > "$out/$name.log" 2>&1 & pids+=($!); }
 
@@ -78,29 +79,25 @@ for file in edge-worker/build/index.js edge-worker/build/index_bg.wasm; do
 done
 record P7 bundle 1 "{\"raw_bytes\":$raw,\"gzip_bytes\":$gz,\"wasm_bytes\":$(stat -c %s edge-worker/build/index_bg.wasm)}"
 
-echo "== P1, P5, P8: origin, workers, control plane" >&2
-origin_port=$(free_port) edge_port=$(free_port) pass_port=$(free_port) control_port=$(free_port)
+echo "== P1: the keygate worker against a pass-through worker, in workerd" >&2
+# bench/workerd/edge.mjs serves each worker straight from workerd (the miniflare API, not wrangler dev's
+# proxy) in front of an origin that answers at once, alternating them, and appends each run to the results.
+# keygate is the worker as deployed (ES256 origin JWT, reused per key for 10 s); keygate-no-jwt forwards
+# without a token, so the JWT's own cost shows.
+BENCH_MODE="$mode" EDGE_BENCH_WORKERS=passthrough,keygate,keygate-no-jwt EDGE_BENCH_ROUNDS="$runs" \
+  EDGE_BENCH_SECS="$seconds" EDGE_BENCH_WARMUP="$warmup" EDGE_BENCH_RESULTS="$results" \
+  KEYGATE_BENCH_BIN="$(cd "$bin" && pwd)/keygate-bench" node bench/workerd/edge.mjs > "$out/edge.md"
+
+echo "== P5, P8: origin, edge, control plane" >&2
+origin_port=$(free_port) edge_port=$(free_port) control_port=$(free_port)
 sync_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 origin_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 start origin "$bin/keygate-bench" origin --listen "127.0.0.1:$origin_port"
-# Both workers in wrangler dev (local workerd): keygate as built above, without wrangler's build step, with
-# a tier limit the load cannot reach; the pass-through worker with the same origin.
-mkdir -p "$out/edge" "$out/pass"
-sed -e 's|^command = .*||' -e 's|^\[build\]||' -e "s|^main = .*|main = \"$PWD/edge-worker/build/index.js\"|" \
-  -e "s|^TIERS = .*|TIERS = '{\"default\": 1000000000}'|" wrangler.toml > "$out/edge/wrangler.toml"
-printf 'name = "passthrough"\nmain = "%s"\ncompatibility_date = "2026-04-20"\n' "$PWD/bench/passthrough.js" \
-  > "$out/pass/wrangler.toml"
-edge_dev() {
-  local dir=$1 port=$2; shift 2
-  (cd "$dir" && exec "$WRANGLER" dev --config wrangler.toml --ip 127.0.0.1 --port "$port" \
-    --inspector-port "$(free_port)" --persist-to state --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@")
-}
-# The propagation probe sees a 401 per revocation, all from one address: no failed-attempt limit here.
-start edge edge_dev "$out/edge" "$edge_port" --var "SYNC_SECRET:$sync_secret" --var "ORIGIN_SECRET:$origin_secret" \
-  --var FAILED_ATTEMPTS_PER_MINUTE:0
-start pass edge_dev "$out/pass" "$pass_port"
+# The edge the control plane replicates to, in workerd. The propagation probe sees a 401 per revocation,
+# all from one address: no failed-attempt limit here.
+start edge node bench/workerd/serve.mjs --port "$edge_port" --var "ORIGIN_URL=http://127.0.0.1:$origin_port" \
+  --var "SYNC_SECRET=$sync_secret" --var "ORIGIN_SECRET=$origin_secret" --var FAILED_ATTEMPTS_PER_MINUTE=0
 wait_for "http://127.0.0.1:$edge_port/"
-wait_for "http://127.0.0.1:$pass_port/"
 export KEYGATE_DATABASE_URL="sqlite://$out/control/keygate.db" KEYGATE_KMS_MASTER_KEY_FILE="$out/control/master.key"
 mkdir -p "$out/control"
 (umask 077 && "$bin/keygate" admin bootstrap > "$out/control/admin.key")
@@ -111,21 +108,8 @@ wait_for "$control/readyz"
 api_key=$(curl -sf -X POST "$control/admin/api-keys" -H "Authorization: Bearer $(cat "$out/control/admin.key")" \
   -H 'content-type: application/json' -d '{"name":"bench","permissions":["query:read"]}' \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')
-query='{"query":"{ hello }"}'
-for _ in $(seq 1 200); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$edge_port/graphql" -H "x-api-key: $api_key" \
-       -H 'content-type: application/json' -d "$query")" = 200 ] && break
-  sleep 0.05
-done
 
 load() { "$bin/keygate-bench" load --seconds "$seconds" --warmup "$warmup" "$@"; }
-# Alternate the two workers, so drift in the machine's speed falls on both.
-for run in $(seq 1 "$runs"); do
-  record P1 passthrough "$run" "$(load --url "http://127.0.0.1:$pass_port/graphql" --method POST \
-    --header 'content-type: application/json' --body "$query" --connections 8 --label passthrough)"
-  record P1 keygate "$run" "$(load --url "http://127.0.0.1:$edge_port/graphql" --method POST \
-    --header 'content-type: application/json' --header "x-api-key: $api_key" --body "$query" --connections 8 --label keygate)"
-done
 record P5 edge 1 "$("$bin/keygate-bench" propagation --admin-url "$control" --admin-key-file "$out/control/admin.key" \
   --edge-url "http://127.0.0.1:$edge_port/graphql" --count "$revocations")"
 for run in $(seq 1 "$runs"); do
@@ -135,3 +119,5 @@ done
 
 "$bin/keygate-bench" report --results "$results" --criterion "${CARGO_TARGET_DIR:-target}/criterion" > "$out/report.md"
 cat "$out/report.md"
+echo
+cat "$out/edge.md"

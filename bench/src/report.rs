@@ -83,31 +83,52 @@ fn rows(runs: &Runs, criterion: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
 
     let field = |id, variant, f| runs.median(id, variant, f);
-    let (pass_rps, gate_rps) = (field("P1", "passthrough", "rps"), field("P1", "keygate", "rps"));
-    let (pass_p99, gate_p99) = (field("P1", "passthrough", "p99_ms"), field("P1", "keygate", "p99_ms"));
-    let (pass_p50, gate_p50) = (field("P1", "passthrough", "p50_ms"), field("P1", "keygate", "p50_ms"));
-    let ratio = gate_rps.zip(pass_rps).map(|((g, _), (p, _))| g / p);
-    let extra_p99 = gate_p99.zip(pass_p99).map(|((g, _), (p, _))| g - p);
-    rows.push(Row {
-        id: "P1",
-        what: "edge request: throughput, p50 / p99".into(),
-        measured: format!(
-            "{}; p50 {}; p99 {}",
-            show(gate_rps, "req/s", 0),
-            show(gate_p50, "ms", 2),
-            show(gate_p99, "ms", 2)
-        ),
-        baseline: format!(
-            "pass-through worker: {}; p50 {}; p99 {} → throughput {}, p99 {}",
-            show(pass_rps, "req/s", 0),
-            show(pass_p50, "ms", 2),
-            show(pass_p99, "ms", 2),
-            ratio.map_or("–".into(), |r| format!("{r:.2}×")),
-            extra_p99.map_or("–".into(), |d| format!("{d:+.2} ms")),
-        ),
-        goal: "p99 ≤ pass-through + 1 ms; throughput ≥ 0.8×",
-        met: ratio.zip(extra_p99).map(|(r, d)| r >= 0.8 && d <= 1.0),
-    });
+    // P1: each keygate worker against the pass-through worker, both in workerd (bench/workerd/edge.mjs).
+    // The comparison means something only if the pass-through worker ran near the machine's ceiling;
+    // below HARNESS_RPS the harness is the bottleneck and no verdict is given.
+    const HARNESS_RPS: f64 = 2000.0;
+    let (pass_rps, pass_mean, pass_p99) = (
+        field("P1", "passthrough", "rps"),
+        field("P1", "passthrough", "mean_ms"),
+        field("P1", "passthrough", "p99_ms"),
+    );
+    let harness_ok = pass_rps.map(|(r, _)| r >= HARNESS_RPS);
+    for (variant, label) in
+        [("keygate", "as deployed (origin JWT, reused 10 s)"), ("keygate-no-jwt", "without the origin JWT")]
+    {
+        let (rps, mean, p99) =
+            (field("P1", variant, "rps"), field("P1", variant, "mean_ms"), field("P1", variant, "p99_ms"));
+        if rps.is_none() {
+            continue;
+        }
+        let ratio = rps.zip(pass_rps).map(|((g, _), (p, _))| g / p);
+        let added_mean = mean.zip(pass_mean).map(|((g, _), (p, _))| g - p);
+        let p99_ratio = p99.zip(pass_p99).map(|((g, _), (p, _))| g / p);
+        let goals = ratio.zip(added_mean).zip(p99_ratio).map(|((r, m), p)| r >= 0.8 && m <= 0.5 && p <= 1.25);
+        rows.push(Row {
+            id: "P1",
+            what: format!("edge request in workerd, keygate {label}: throughput, mean / p99"),
+            measured: format!("{}; mean {}; p99 {}", show(rps, "req/s", 0), show(mean, "ms", 2), show(p99, "ms", 2)),
+            baseline: format!(
+                "pass-through worker: {}; mean {}; p99 {} → throughput {}, mean {}, p99 {}{}",
+                show(pass_rps, "req/s", 0),
+                show(pass_mean, "ms", 2),
+                show(pass_p99, "ms", 2),
+                ratio.map_or("–".into(), |r| format!("{r:.2}×")),
+                added_mean.map_or("–".into(), |d| format!("{d:+.2} ms")),
+                p99_ratio.map_or("–".into(), |r| format!("{r:.2}×")),
+                if harness_ok == Some(false) {
+                    format!(
+                        " (below {HARNESS_RPS:.0} req/s: the harness, not the worker, is the bottleneck; no verdict)"
+                    )
+                } else {
+                    String::new()
+                },
+            ),
+            goal: "throughput ≥ 0.8×, mean ≤ +0.5 ms, p99 ≤ 1.25×",
+            met: if harness_ok == Some(true) { goals } else { None },
+        });
+    }
 
     let (sha, full) = (criterion_ns(criterion, "sha256_raw"), criterion_ns(criterion, "full_check"));
     let check_ratio = full.zip(sha).map(|(f, s)| f / s);

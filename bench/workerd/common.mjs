@@ -1,4 +1,4 @@
-// What the workerd benchmarks (signing.mjs, relay.mjs) share: their settings and tools, free ports,
+// What the workerd benchmarks (edge.mjs, relay.mjs, serve.mjs) share: their settings and tools, free ports,
 // running a command, rounding, and the signed push that hands the keygate worker its records and
 // signing key.
 
@@ -53,15 +53,16 @@ export async function push(base, syncSecret, payload) {
 }
 
 // What every workerd bench starts from: BENCH_MODE and the `<prefix>_ROUNDS`, `_SECS` and `_WARMUP`
-// settings (smoke mode: 1 round of 1 s, judged by nobody), the keygate-bench binary (KEYGATE_BENCH_BIN),
+// settings (smoke mode: 1 round of 1 s, judged by nobody), the keygate-bench binary (KEYGATE_BENCH_BIN;
+// not checked with `needsBench: false`),
 // miniflare from the pinned node tools (KEYGATE_NODE_MODULES), wrangler.toml's compatibility date and
 // the built worker's folder. Throws when one is missing.
-export function workerdBench(prefix, { warmup }) {
+export function workerdBench(prefix, { warmup, needsBench = true }) {
   const env = process.env;
   const smoke = env.BENCH_MODE === "smoke";
   const number = (name, fallback) => (smoke || env[name] === undefined ? fallback : Number(env[name]));
   const bin = env.KEYGATE_BENCH_BIN;
-  if (!bin || !existsSync(bin)) throw new Error("KEYGATE_BENCH_BIN must name the keygate-bench binary");
+  if (needsBench && (!bin || !existsSync(bin))) throw new Error("KEYGATE_BENCH_BIN must name the keygate-bench binary");
   if (!env.KEYGATE_NODE_MODULES) throw new Error("KEYGATE_NODE_MODULES is not set (eval scripts/tools.sh)");
   const { Miniflare } = createRequire(`${env.KEYGATE_NODE_MODULES}/`)("miniflare");
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");

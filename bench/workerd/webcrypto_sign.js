@@ -2,9 +2,9 @@
 // (bench/passthrough.js) plus, on every request, one ES256 JWT made as keygate makes it (the same header
 // and claims, a fresh jti) and signed with `crypto.subtle.sign`, put into the forwarded request's
 // Authorization header. The key is imported once per isolate from the JWK in `SIGNING_JWK` (a binding
-// bench/workerd/signing.mjs generates). With `SIGN` = "0" it does all of that but the signature (the
+// bench/workerd/edge.mjs generates). With `SIGN` = "0" it does all of that but the signature (the
 // token carries 64 zero bytes instead), so the difference between the two is the WebCrypto call alone.
-// Run by bench/workerd/signing.mjs next to the other workers.
+// Run by bench/workerd/edge.mjs next to the other workers.
 const encoder = new TextEncoder();
 let signingKey; // the isolate's imported key (a promise), made on first use
 

@@ -95,13 +95,6 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Envelope {
-    Batch(Vec<Entry>),
-    Single(Entry),
-}
-
 /// A decoded request body, not yet parsed as GraphQL.
 #[derive(Debug)]
 pub struct GraphqlBody {
@@ -111,11 +104,18 @@ pub struct GraphqlBody {
 
 impl GraphqlBody {
     /// Decodes the JSON envelope (cheap: the documents are parsed by [`GraphqlBody::operations`]).
+    ///
+    /// A JSON array is a batch, anything else a single request: the first byte that is not JSON
+    /// whitespace says which, so the body is read once, straight into its type.
     pub fn decode(body: &[u8]) -> Result<Self, ClassifyError> {
-        match serde_json::from_slice::<Envelope>(body).map_err(|_| ClassifyError::NotGraphqlJson)? {
-            Envelope::Single(entry) => Ok(Self { entries: vec![entry], batch: false }),
-            Envelope::Batch(entries) if entries.is_empty() => Err(ClassifyError::EmptyBatch),
-            Envelope::Batch(entries) => Ok(Self { entries, batch: true }),
+        let is_batch = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) == Some(&b'[');
+        if !is_batch {
+            let entry = serde_json::from_slice::<Entry>(body).map_err(|_| ClassifyError::NotGraphqlJson)?;
+            return Ok(Self { entries: vec![entry], batch: false });
+        }
+        match serde_json::from_slice::<Vec<Entry>>(body).map_err(|_| ClassifyError::NotGraphqlJson)? {
+            entries if entries.is_empty() => Err(ClassifyError::EmptyBatch),
+            entries => Ok(Self { entries, batch: true }),
         }
     }
 

@@ -3,6 +3,8 @@
 //! Worker glue (routing, Workers KV, fetch) only calls them.
 
 pub mod check;
+#[cfg(target_arch = "wasm32")]
+mod forward;
 pub mod graphql;
 pub mod graphql_ws;
 pub mod identity;
@@ -12,6 +14,7 @@ pub mod recent;
 #[cfg(target_arch = "wasm32")]
 mod relay;
 pub mod replica;
+pub mod request_url;
 pub mod signing_keys;
 #[cfg(target_arch = "wasm32")]
 mod worker;

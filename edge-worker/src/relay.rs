@@ -38,13 +38,15 @@ use worker::{
 use zeroize::Zeroizing;
 
 use crate::check::{authenticate, check, check_key, key_in_url, refusal_error, refusal_response, Incoming, Refused};
+use crate::forward::origin_target;
 use crate::graphql_ws::{
     close, forwards_upgrade_header, read_client, relayable_close, ClientMessage, MessageBudget, Subprotocol,
     INIT_TIMEOUT_MS, MAX_MESSAGE,
 };
+use crate::request_url::{path_and_query, query_pairs};
 use crate::worker::{
-    blocked_client, client_address, graphql_error, json_response, now, origin_headers, origin_target, remember, tiers,
-    KvDocuments, RecentKv, FAILED, LIMITER, RECORDS, WS_MESSAGES_PER_SEC,
+    blocked_client, client_address, graphql_error, json_response, now, origin_headers, records_kv, remember, tiers,
+    KvDocuments, RecentKv, FAILED, LIMITER, WS_MESSAGES_PER_SEC,
 };
 
 /// How often an open socket's key is checked again, in milliseconds. With the isolate's record cache
@@ -98,10 +100,10 @@ pub async fn open(request: Request, env: Env) -> Result<Response> {
     if let Some(blocked) = blocked_client(&client) {
         return blocked;
     }
-    let url = request.url()?;
-    let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let url = request.inner().url();
+    let query = query_pairs(path_and_query(&url));
     let headers = request.headers().entries().filter(|(name, _)| forwards_upgrade_header(name)).collect();
-    let upgrade = Upgrade { protocol, target: origin_target(&env, &url)?, headers, client };
+    let upgrade = Upgrade { protocol, target: origin_target(&env, path_and_query(&url))?, headers, client };
     let header_key = request.headers().get("X-API-Key")?.map(Zeroizing::new);
 
     // A key in the header (or the URL, refused) is checked before any socket opens; without one, the
@@ -131,7 +133,7 @@ async fn upgrade_key(
     key: Option<&String>,
     query: &[(String, String)],
 ) -> Result<std::result::Result<Opened, Response>> {
-    let records = RecentKv(env.kv(RECORDS)?);
+    let records = RecentKv(records_kv(env)?);
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
     match check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await {
         Ok(admitted) => match connect_origin(env, upgrade, &admitted.record).await {
@@ -343,7 +345,7 @@ async fn init_key(
             return None;
         }
     };
-    let records = RecentKv(env.kv(RECORDS).ok()?);
+    let records = RecentKv(records_kv(env).ok()?);
     let admit = |id, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(id, limit, at));
     let admitted = match check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await {
         Ok(admitted) => admitted,
@@ -491,7 +493,7 @@ impl Relay<'_> {
         if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return Err(Refused::BadRequest(crate::graphql::ClassifyError::NotGraphqlJson));
         }
-        let kv = self.env.kv(RECORDS).map_err(|_| Refused::Unavailable)?;
+        let kv = records_kv(self.env).map_err(|_| Refused::Unavailable)?;
         let incoming = Incoming { method: "POST", api_key: Some(self.key), query: &[], body: payload };
         let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
         let tiers = tiers(self.env);
@@ -504,7 +506,7 @@ impl Relay<'_> {
 
     /// Whether the socket's key is still good; if not, both sides close.
     async fn recheck(&self) -> Option<End> {
-        let kv = self.env.kv(RECORDS).ok()?;
+        let kv = records_kv(self.env).ok()?;
         match authenticate(Some(self.key), &[], &RecentKv(kv), now()).await {
             Ok(record) => {
                 self.good_until.set(good_until_ms(self.key, &record));

@@ -23,25 +23,23 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 
 use keygate_shared::jwt::JTI_LEN;
-use keygate_shared::{attempts, origin, sync, FailedAttempts, KeyRecord, OriginSecret, SealedSigningKey, SyncSecret};
-use worker::wasm_bindgen::JsCast;
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{
-    event, js_sys, Context, Date, Env, Fetch, Headers, KvStore, Method, Request, RequestInit, Response, Result,
-};
+use keygate_shared::{attempts, sync, FailedAttempts, KeyRecord, OriginSecret, SealedSigningKey, SyncSecret};
+use worker::wasm_bindgen::prelude::wasm_bindgen;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::{self, JsFuture};
+use worker::{js_sys, Env, Headers, KvStore, Method, Request, Response, Result};
 
-use crate::check::{check, refusal_response, Admitted, DocumentSource, Incoming, RecordSource, Refused, StoreFault};
-use crate::identity::{forwards_client_header, IdentityConfig, Mint, NoToken, OriginIdentity};
+use crate::check::{DocumentSource, RecordSource, StoreFault};
+use crate::identity::{IdentityConfig, Mint, NoToken, OriginIdentity};
 use crate::persisted::{self, RecentDocuments};
 use crate::ratelimit::{RateLimiter, Tiers};
 use crate::recent::RecentRecords;
 use crate::replica::{apply_push, push_refusal_response, RecordStore};
+use crate::request_url;
 use crate::signing_keys::{SigningKeyStore, SIGNING_KEYS_NAME};
 
 /// The KV binding that holds the records.
 pub(crate) const RECORDS: &str = "KEYGATE_RECORDS";
-/// The largest request body checked; larger is refused with 413.
-const MAX_BODY: usize = 1024 * 1024;
 
 thread_local! {
     // One isolate serves many requests, one at a time between awaits: the counts live here.
@@ -55,6 +53,7 @@ thread_local! {
     pub(crate) static WS_MESSAGES_PER_SEC: Cell<u32> = const { Cell::new(crate::graphql_ws::DEFAULT_MESSAGES_PER_SEC) };
     // The vars do not change within an isolate: read once.
     static TIERS: OnceCell<Rc<Tiers>> = const { OnceCell::new() };
+    static RECORDS_KV: OnceCell<KvStore> = const { OnceCell::new() };
     // The origin's JWT: its settings, the sealed signing keys and the recent tokens. Set up on first use.
     static IDENTITY: RefCell<Option<OriginIdentity>> = const { RefCell::new(None) };
     // The active signing key imported into WebCrypto, by kid and version.
@@ -157,7 +156,20 @@ impl SigningKeyStore for KvRecords {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    Date::now().as_millis() as i64
+    js_sys::Date::now() as i64
+}
+
+/// The records' KV namespace (binding `KEYGATE_RECORDS`). The binding belongs to the isolate, not to a
+/// request, so its handle is made once.
+pub(crate) fn records_kv(env: &Env) -> Result<KvStore> {
+    RECORDS_KV.with(|held| {
+        if let Some(kv) = held.get() {
+            return Ok(kv.clone());
+        }
+        let kv = env.kv(RECORDS)?;
+        let _ = held.set(kv.clone());
+        Ok(kv)
+    })
 }
 
 pub(crate) fn now() -> i64 {
@@ -217,7 +229,7 @@ fn random_jti() -> Option<[u8; JTI_LEN]> {
 
 /// The origin's JWT for the key `record` describes, or `None` if this edge cannot sign one (the cause
 /// is logged once per isolate; see [`crate::identity`] for why the request still goes on).
-async fn origin_token(env: &Env, record: &KeyRecord) -> Option<Rc<str>> {
+pub(crate) async fn origin_token(env: &Env, record: &KeyRecord) -> Option<Rc<str>> {
     let read_keys = with_identity(env, |identity| {
         let needed = identity.needs_keys(now_ms());
         if needed {
@@ -226,7 +238,7 @@ async fn origin_token(env: &Env, record: &KeyRecord) -> Option<Rc<str>> {
         needed
     });
     if read_keys {
-        let read = match env.kv(RECORDS) {
+        let read = match records_kv(env) {
             Ok(kv) => KvRecords(kv).signing_keys().await,
             Err(e) => Err(StoreFault(e.to_string())),
         };
@@ -314,16 +326,28 @@ pub(crate) fn graphql_error(status: u16, code: &str, message: &str) -> Result<Re
     json_response(status, &[], body)
 }
 
-#[event(fetch)]
-async fn fetch(request: Request, env: Env, ctx: Context) -> Result<Response> {
-    if request.path() == sync::SYNC_PATH {
-        return receive_push(request, env).await;
+/// The worker's `fetch` handler (the runtime calls it through workers-rs's module shim): a push, a
+/// WebSocket upgrade for the relay, or a GraphQL request over HTTP ([`crate::forward`], which answers
+/// most requests without an async task). Returns the response or a promise of it.
+#[wasm_bindgen]
+pub fn fetch(request: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> JsValue {
+    let url = request.url();
+    if request_url::path(request_url::path_and_query(&url)) == sync::SYNC_PATH {
+        return in_task(receive_push(request.into(), env));
     }
-    let upgrade = request.headers().get("upgrade")?;
+    let upgrade = request.headers().get("upgrade").ok().flatten();
     if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        return crate::relay::open(request, env).await;
+        return in_task(crate::relay::open(request.into(), env));
     }
-    guard(request, env, &ctx).await
+    crate::forward::answer(request, env, ctx.into())
+}
+
+/// A promise of the response `handler` gives, driven by the async executor.
+fn in_task(handler: impl std::future::Future<Output = Result<Response>> + 'static) -> JsValue {
+    wasm_bindgen_futures::future_to_promise(async move {
+        Ok(crate::forward::into_js(handler.await.map(web_sys::Response::from)))
+    })
+    .into()
 }
 
 async fn receive_push(mut request: Request, env: Env) -> Result<Response> {
@@ -334,7 +358,7 @@ async fn receive_push(mut request: Request, env: Env) -> Result<Response> {
     let timestamp = request.headers().get(sync::TIMESTAMP_HEADER)?;
     let signature = request.headers().get(sync::SIGNATURE_HEADER)?;
     let body = request.bytes().await?;
-    let records = KvRecords(env.kv(RECORDS)?);
+    let records = KvRecords(records_kv(&env)?);
     match apply_push(&records, &secret, timestamp.as_deref(), signature.as_deref(), &body, now()).await {
         Ok(applied) => json_response(200, &[], serde_json::to_string(&applied)?),
         Err(refused) => {
@@ -357,59 +381,8 @@ pub(crate) fn blocked_client(client: &str) -> Option<Result<Response>> {
     Some(json_response(429, &[("retry-after", retry_after.to_string())], body.to_string()))
 }
 
-async fn guard(mut request: Request, env: Env, ctx: &Context) -> Result<Response> {
-    let method = request.method();
-    if !matches!(method, Method::Get | Method::Post) {
-        return graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST");
-    }
-    let client = client_address(&request)?;
-    let tiers = tiers(&env);
-    if let Some(blocked) = blocked_client(&client) {
-        return blocked;
-    }
-    let url = request.url()?;
-    let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    let api_key = request.headers().get("X-API-Key")?;
-    let body = if method == Method::Post { request.bytes().await? } else { Vec::new() };
-    if body.len() > MAX_BODY {
-        return graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB");
-    }
-    let kv = env.kv(RECORDS)?;
-    let records = RecentKv(kv.clone());
-    let documents = KvDocuments(kv.clone());
-    let incoming = Incoming { method: method.as_ref(), api_key: api_key.as_deref(), query: &query, body: &body };
-    let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
-    match check(&incoming, &records, &documents, admit, &tiers, now()).await {
-        Ok(mut admitted) => {
-            let registrations = std::mem::take(&mut admitted.registrations);
-            if !registrations.is_empty() {
-                ctx.wait_until(remember(kv, registrations));
-            }
-            forward(&request, &env, &url, body, &admitted).await
-        }
-        Err(refused) => {
-            if refused == Refused::BadKey {
-                FAILED.with(|failed| failed.borrow_mut().failed(&client, now()));
-            }
-            let (status, headers, body) = refusal_response(&refused);
-            json_response(status, &headers, body)
-        }
-    }
-}
-
-/// Where the origin serves `url`'s path and query.
-pub(crate) fn origin_target(env: &Env, url: &worker::Url) -> Result<String> {
-    let origin_url = env.var("ORIGIN_URL")?.to_string();
-    let mut target = format!("{}{}", origin_url.trim_end_matches('/'), url.path());
-    if let Some(query) = url.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    Ok(target)
-}
-
-/// The headers the origin gets: the client's `passed` ones, and the verified identity of the key
-/// `record` describes, signed, as headers and as the origin's JWT.
+/// The headers the origin gets on the relay's upgrade: the client's `passed` ones, and the verified
+/// identity of the key `record` describes, signed, as headers and as the origin's JWT.
 pub(crate) async fn origin_headers(
     passed: impl Iterator<Item = (String, String)>,
     env: &Env,
@@ -419,54 +392,6 @@ pub(crate) async fn origin_headers(
     for (name, value) in passed {
         headers.append(&name, &value)?;
     }
-    let key_id = record.key_id.to_string();
-    let signed_at = now();
-    headers.set(origin::KEY_ID_HEADER, &key_id)?;
-    headers.set(origin::TIER_HEADER, &record.tier)?;
-    headers.set(origin::TIMESTAMP_HEADER, &signed_at.to_string())?;
-    if let Ok(secret) = env.secret("ORIGIN_SECRET") {
-        let signature = OriginSecret::new(secret.to_string()).sign(signed_at, &key_id, &record.tier);
-        headers.set(origin::SIGNATURE_HEADER, &signature)?;
-    }
-    if let Some(token) = origin_token(env, record).await {
-        headers.set("authorization", &format!("Bearer {token}"))?;
-    }
+    crate::forward::add_identity(&headers.0, env, record).await?;
     Ok(headers)
-}
-
-/// Sends the admitted request on: same method, path, query and body; `X-API-Key`, `Authorization` and
-/// any identity headers the client sent removed; the verified identity added and signed, as headers and
-/// as the origin's JWT.
-async fn forward(
-    request: &Request,
-    env: &Env,
-    url: &worker::Url,
-    body: Vec<u8>,
-    admitted: &Admitted,
-) -> Result<Response> {
-    let target = origin_target(env, url)?;
-    let passed = request.headers().entries().filter(|(name, _)| forwards_client_header(name));
-    let headers = origin_headers(passed, env, &admitted.record).await?;
-    let key_id = admitted.record.key_id.to_string();
-    let mut init = RequestInit::new();
-    init.with_method(request.method()).with_headers(headers);
-    if !body.is_empty() {
-        init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
-    }
-    let answer = match Fetch::Request(Request::new_with_init(&target, &init)?).send().await {
-        Ok(answer) => answer,
-        Err(error) => {
-            // For the operator's log: the client gets only the code. No URL (its query string is the
-            // client's) and no header is written.
-            worker::console_error!("keygate: origin fetch failed for key {key_id}: {error}");
-            return graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not answer");
-        }
-    };
-    let answer_headers = Headers::new();
-    for (name, value) in answer.headers().entries() {
-        answer_headers.append(&name, &value)?;
-    }
-    answer_headers.set("x-ratelimit-limit", &admitted.limit.to_string())?;
-    answer_headers.set("x-ratelimit-remaining", &admitted.remaining.to_string())?;
-    Ok(answer.with_headers(answer_headers))
 }

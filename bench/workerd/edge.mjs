@@ -1,34 +1,39 @@
-// What signing the origin's JWT costs the edge per request, in workerd: the keygate worker's signer against
-// WebCrypto called from plain JS (`crypto.subtle.sign`), each beside its baseline in the same run. The
-// worker signed with p256 compiled into the wasm when this was first measured (about 0.63 ms a token); the
-// figures made it switch to WebCrypto through web-sys (BENCHMARKS.md, P9).
+// What the edge costs per request, in workerd (P1), and what signing the origin's JWT costs in it (P9):
+// the built keygate worker beside a pass-through worker, and its signer beside WebCrypto called from plain
+// JS (`crypto.subtle.sign`), each beside its baseline in the same run.
 //
 // Workers, each served straight from workerd through the miniflare API (not `wrangler dev`, whose proxy
-// caps throughput), one at a time, alternating in every round:
+// caps even a pass-through worker at a few hundred req/s here), one at a time, alternating in every round:
 //   passthrough                 bench/passthrough.js: forwards, checks nothing (the harness's ceiling);
+//   keygate                     the built worker (edge-worker/build) as deployed: ES256 origin JWT, reused
+//                               per key for 10 s (the default);
+//   keygate-no-jwt              the same with no signing key pushed: forwards without a token;
+//   keygate-sign-every-request  the same, ORIGIN_JWT_REUSE_SECS=0;
 //   webcrypto-es256             bench/workerd/webcrypto_sign.js: the pass-through plus one ES256 JWT per
 //                               request signed with WebCrypto;
-//   webcrypto-unsigned          the same JWT made in JS but not signed (SIGN=0): isolates the WebCrypto call;
-//   keygate-sign-every-request  the built worker (edge-worker/build), ORIGIN_JWT_REUSE_SECS=0;
-//   keygate-reuse               the same, default reuse (one token per key per 10 s);
-//   keygate-no-key              the same with no signing key pushed: forwards without a token.
+//   webcrypto-unsigned          the same JWT made in JS but not signed (SIGN=0): isolates the WebCrypto call.
 // Load: `keygate-bench load` (closed loop, its own process), POST /graphql with X-API-Key. Origin: a node
 // http server in a child process that answers at once and counts the tokens it receives, so every run
 // also proves what it measured (a token on every request, a new one each time, or none), and the last
 // token of each run is checked against its public key.
 //
-//   KEYGATE_NODE_MODULES=... KEYGATE_BENCH_BIN=target/release/keygate-bench node bench/workerd/signing.mjs
+//   KEYGATE_NODE_MODULES=... KEYGATE_BENCH_BIN=target/release/keygate-bench node bench/workerd/edge.mjs
 //
-// Env: SIGNING_BENCH_ROUNDS (3), SIGNING_BENCH_SECS (10), SIGNING_BENCH_WARMUP (2),
-// SIGNING_BENCH_CONNECTIONS (8), SIGNING_BENCH_WORKERS (comma-separated subset), SIGNING_BENCH_CRITERION
-// (a criterion folder: adds the native figures of `cargo bench --bench origin_token`),
-// SIGNING_BENCH_JSON (also write the JSON summary there); BENCH_MODE=smoke runs 1 round of 1 s each and
-// judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to stderr.
+// Env: EDGE_BENCH_ROUNDS (3), EDGE_BENCH_SECS (10), EDGE_BENCH_WARMUP (2), EDGE_BENCH_CONNECTIONS (8),
+// EDGE_BENCH_WORKERS (comma-separated subset), EDGE_BENCH_CRITERION (a criterion folder: adds the native
+// figures of `cargo bench --bench origin_token`), EDGE_BENCH_JSON (also write the JSON summary there),
+// EDGE_BENCH_RESULTS (append each run to this results.jsonl as a P1 line, for `make bench`'s report),
+// EDGE_BENCH_PROFILE (a folder: take a V8 CPU profile of each keygate worker's isolate over its measured
+// seconds, write it there as a .cpuprofile and print where the time went); BENCH_MODE=smoke runs 1 round
+// of 1 s each and judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to
+// stderr.
 
 import { spawn } from "node:child_process";
 import { createHash, webcrypto } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -44,7 +49,7 @@ if (process.argv[2] === "origin") {
   origin(Number(process.argv[3]));
 } else {
   await main().catch((error) => {
-    console.error(`signing bench: ${error.stack ?? error}`);
+    console.error(`edge bench: ${error.stack ?? error}`);
     process.exitCode = 1;
   });
   // The origin's process and pipes would keep this one alive.
@@ -85,10 +90,10 @@ function origin(port) {
 
 async function main() {
   const { env, smoke, rounds, seconds, warmup, bin, Miniflare, compatibilityDate, built } = workerdBench(
-    "SIGNING_BENCH",
+    "EDGE_BENCH",
     { warmup: 2 },
   );
-  const connections = Number(env.SIGNING_BENCH_CONNECTIONS ?? 8);
+  const connections = Number(env.EDGE_BENCH_CONNECTIONS ?? 8);
 
   const children = [];
   let live; // the Miniflare instance running now
@@ -167,13 +172,14 @@ async function main() {
       expect: "every",
     },
     { name: "keygate-sign-every-request", options: keygate({ ORIGIN_JWT_REUSE_SECS: "0" }), push: true, expect: "every", jwk: fixture.jwk },
-    { name: "keygate-reuse", options: keygate({}), push: true, expect: "reused", jwk: fixture.jwk },
-    { name: "keygate-no-key", options: keygate({}), push: false, expect: "none" },
-  ].filter((w) => !env.SIGNING_BENCH_WORKERS || env.SIGNING_BENCH_WORKERS.split(",").includes(w.name));
+    { name: "keygate", options: keygate({}), push: true, expect: "reused", jwk: fixture.jwk },
+    { name: "keygate-no-jwt", options: keygate({}), push: false, expect: "none" },
+  ].filter((w) => !env.EDGE_BENCH_WORKERS || env.EDGE_BENCH_WORKERS.split(",").includes(w.name));
   const runs = Object.fromEntries(workers.map((w) => [w.name, []]));
 
   // One worker: start it, push the key (keygate), check one request, load it, check what the origin saw.
   async function measure(worker, round) {
+    const inspectorPort = env.EDGE_BENCH_PROFILE ? await freePort() : undefined;
     const mf = new Miniflare({
       ...(await served(compatibilityDate)),
       // The worker's console goes to stderr (stdout is the report); workerd's stdout carries the same
@@ -185,6 +191,7 @@ async function main() {
       handleStructuredLogs: ({ level, message }) => {
         process.stderr.write(`[${worker.name} ${level}] ${message}\n`);
       },
+      ...(inspectorPort ? { inspectorPort } : {}),
       ...worker.options,
     });
     live = mf;
@@ -199,6 +206,7 @@ async function main() {
       const probeBody = await probe.text();
       if (probe.status !== 200) throw new Error(`${worker.name}: the first request got ${probe.status}: ${probeBody}`);
       await originStats(true);
+      const profiler = inspectorPort ? await startProfiler(inspectorPort) : undefined;
       const result = JSON.parse(
         await run(bin, [
           "load", "--url", `${base}/graphql`, "--method", "POST", "--header", "content-type: application/json",
@@ -206,11 +214,17 @@ async function main() {
           "--seconds", String(seconds), "--warmup", String(warmup), "--label", worker.name,
         ]),
       );
+      if (profiler) await profiler.finish(path.join(env.EDGE_BENCH_PROFILE, `${worker.name}-${round}.cpuprofile`));
       const seen = await originStats(true);
       const problems = await check(worker, result, seen);
       const { last_token: _token, ...origin } = seen;
-      const entry = { round, ...pick(result, ["rps", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "requests", "statuses", "errors"]), origin, problems };
+      const figures = pick(result, ["rps", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "requests", "statuses", "errors"]);
+      const entry = { round, ...figures, origin, problems, ...(profiler ? { profiled: true } : {}) };
       runs[worker.name].push(entry);
+      if (env.EDGE_BENCH_RESULTS) {
+        const line = { id: "P1", variant: worker.name, run: round, result: { ...figures, connections, problems: problems.length } };
+        appendFileSync(env.EDGE_BENCH_RESULTS, `${JSON.stringify(line)}\n`);
+      }
       console.error(
         `  round ${round} ${worker.name.padEnd(27)} ${String(result.rps).padStart(6)} req/s  mean ${result.mean_ms} ms  p99 ${result.p99_ms} ms  origin: ${origin.requests} requests, ${origin.bearer} with a token, ${origin.distinct} distinct${problems.length ? `  PROBLEM: ${problems.join("; ")}` : ""}`,
       );
@@ -225,7 +239,7 @@ async function main() {
     signedPush(base, syncSecret, { records: [fixture.record], ...(withKey ? { signing_keys: [fixture.signing_key] } : {}) });
 
   console.error(
-    `== signing bench: ${workers.length} workers × ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ${connections} connections${smoke ? " (smoke)" : ""}`,
+    `== edge bench: ${workers.length} workers × ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ${connections} connections${smoke ? " (smoke)" : ""}`,
   );
   for (let round = 1; round <= rounds; round += 1) {
     // Each round starts one worker later, so drift in the machine's speed falls on all of them.
@@ -236,15 +250,82 @@ async function main() {
   // Which build of the worker was measured.
   const wasm = readFileSync(path.join(built, "index_bg.wasm"));
   summary.worker_wasm = { bytes: wasm.length, sha256: createHash("sha256").update(wasm).digest("hex") };
-  if (env.SIGNING_BENCH_CRITERION) summary.native = native(env.SIGNING_BENCH_CRITERION);
+  if (env.EDGE_BENCH_CRITERION) summary.native = native(env.EDGE_BENCH_CRITERION);
   const markdown = report(summary);
-  if (env.SIGNING_BENCH_JSON) writeFileSync(env.SIGNING_BENCH_JSON, `${JSON.stringify(summary, null, 2)}\n`);
+  if (env.EDGE_BENCH_JSON) writeFileSync(env.EDGE_BENCH_JSON, `${JSON.stringify(summary, null, 2)}\n`);
   process.stdout.write(`${markdown}\n\`\`\`json\n${JSON.stringify(summary, null, 2)}\n\`\`\`\n`);
   const problems = Object.values(runs).flat().flatMap((r) => r.problems);
   if (problems.length) {
-    console.error(`signing bench: ${problems.length} run(s) did not measure what they should (see PROBLEM above)`);
+    console.error(`edge bench: ${problems.length} run(s) did not measure what they should (see PROBLEM above)`);
     process.exitCode = 1;
   }
+}
+
+// A V8 CPU profile of the worker's isolate, through workerd's inspector, from now until `finish(file)`,
+// which writes it as a .cpuprofile (Chrome DevTools opens it) and prints where the time went. Sampling
+// every 100 µs slows the worker: a profiled run's figures are marked and say nothing about speed.
+async function startProfiler(inspectorPort) {
+  const WebSocket = createRequire(`${process.env.KEYGATE_NODE_MODULES}/`)("ws");
+  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json/list`)).json();
+  if (!targets.length) throw new Error("the inspector lists no worker");
+  const socket = new WebSocket(targets[0].webSocketDebuggerUrl);
+  await once(socket, "open");
+  let last = 0;
+  const waiting = new Map();
+  socket.on("message", (data) => {
+    const message = JSON.parse(data);
+    waiting.get(message.id)?.(message);
+    waiting.delete(message.id);
+  });
+  const call = (method, params = {}) =>
+    new Promise((resolve, reject) => {
+      const id = (last += 1);
+      waiting.set(id, (m) => (m.error ? reject(new Error(`${method}: ${m.error.message}`)) : resolve(m.result)));
+      socket.send(JSON.stringify({ id, method, params }));
+    });
+  await call("Profiler.enable");
+  await call("Profiler.setSamplingInterval", { interval: 100 });
+  await call("Profiler.start");
+  return {
+    async finish(file) {
+      const { profile } = await call("Profiler.stop");
+      socket.close();
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(file, JSON.stringify(profile));
+      console.error(`  profile: ${file}\n${hotspots(profile)}`);
+    },
+  };
+}
+
+// The functions with the most samples on their own (self) and with what they called (total), as shares
+// of the samples in which the isolate was busy (not idle).
+function hotspots(profile, top = 30) {
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
+  const parent = new Map();
+  for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id);
+  const name = (node) => {
+    const { functionName, url, lineNumber } = node.callFrame;
+    return `${functionName || "(anonymous)"}${url ? ` ${path.basename(url)}:${lineNumber + 1}` : ""}`;
+  };
+  const self = new Map();
+  const total = new Map();
+  let busy = 0;
+  for (const id of profile.samples) {
+    const leaf = byId.get(id);
+    if (leaf.callFrame.functionName === "(idle)") continue;
+    busy += 1;
+    self.set(name(leaf), (self.get(name(leaf)) ?? 0) + 1);
+    const seen = new Set();
+    for (let at = id; at !== undefined; at = parent.get(at)) seen.add(name(byId.get(at)));
+    for (const key of seen) total.set(key, (total.get(key) ?? 0) + 1);
+  }
+  const table = (counts) =>
+    [...counts.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([key, count]) => `    ${((100 * count) / busy).toFixed(1).padStart(5)}%  ${key}`)
+      .join("\n");
+  return `  busy samples: ${busy} of ${profile.samples.length}\n  self:\n${table(self)}\n  total:\n${table(total)}`;
 }
 
 // Whether a run measured what it claims: only 200s, no errors, and the tokens the origin saw.
@@ -316,18 +397,33 @@ function summarize(runs, settings) {
   const derived = {
     webcrypto_es256_sign: cost("webcrypto-es256", "passthrough"),
     webcrypto_sign_call: cost("webcrypto-es256", "webcrypto-unsigned"),
-    keygate_sign: cost("keygate-sign-every-request", "keygate-reuse"),
-    keygate_sign_vs_no_key: cost("keygate-sign-every-request", "keygate-no-key"),
-    keygate_reuse_vs_no_key: cost("keygate-reuse", "keygate-no-key"),
-    keygate_no_key_vs_passthrough: cost("keygate-no-key", "passthrough"),
+    keygate_sign: cost("keygate-sign-every-request", "keygate"),
+    keygate_sign_vs_no_key: cost("keygate-sign-every-request", "keygate-no-jwt"),
+    keygate_reuse_vs_no_key: cost("keygate", "keygate-no-jwt"),
+    keygate_no_key_vs_passthrough: cost("keygate-no-jwt", "passthrough"),
+    keygate_vs_passthrough: cost("keygate", "passthrough"),
   };
   for (const key of Object.keys(derived)) if (!derived[key]) delete derived[key];
   const { webcrypto_es256_sign: wc, keygate_sign: keygate } = derived;
   if (wc && keygate && wc.service_time_us > 0) derived.keygate_over_webcrypto = round(keygate.service_time_us / wc.service_time_us, 2);
+  // P1's goals, each keygate worker against the pass-through worker: throughput ≥ 0.8×, mean latency at
+  // most +0.5 ms, p99 at most 1.25×.
+  const p1 = {};
+  for (const name of ["keygate", "keygate-no-jwt"]) {
+    const [m, b] = [workers[name], workers.passthrough];
+    if (!m || !b) continue;
+    const figures = {
+      throughput_ratio: round(m.rps / b.rps, 3),
+      mean_ms_added: round(m.mean_ms - b.mean_ms, 2),
+      p99_ratio: round(m.p99_ms / b.p99_ms, 2),
+    };
+    const met = figures.throughput_ratio >= 0.8 && figures.mean_ms_added <= 0.5 && figures.p99_ratio <= 1.25;
+    p1[name] = { ...figures, met: settings.smoke ? null : met };
+  }
   const harness = workers.passthrough
     ? { passthrough_rps: workers.passthrough.rps, goal_rps: 2000, judged: !settings.smoke, met: settings.smoke ? null : workers.passthrough.rps >= 2000 }
     : undefined;
-  return { settings, machine: { cores: os.availableParallelism(), node: process.version }, harness, workers, derived };
+  return { settings, machine: { cores: os.availableParallelism(), node: process.version }, harness, p1, workers, derived };
 }
 
 function pick(object, keys) {
@@ -345,9 +441,9 @@ function native(dir) {
 }
 
 function report(summary) {
-  const { settings, workers, derived, harness, native: nat, worker_wasm: wasm } = summary;
+  const { settings, workers, derived, harness, p1, native: nat, worker_wasm: wasm } = summary;
   const lines = [
-    `## Origin-token signing in workerd (${settings.rounds} round(s) × ${settings.seconds} s per worker, ${settings.connections} connections, medians of the rounds)`,
+    `## The edge in workerd (${settings.rounds} round(s) × ${settings.seconds} s per worker, ${settings.connections} connections, medians of the rounds)`,
     "",
     `Worker measured: edge-worker/build/index_bg.wasm, ${wasm.bytes} bytes, sha256 ${wasm.sha256.slice(0, 16)}….`,
     "",
@@ -367,6 +463,7 @@ function report(summary) {
     keygate_sign_vs_no_key: "ES256 JWT minted by the keygate worker, vs no key",
     keygate_reuse_vs_no_key: "keygate with token reuse, vs no key",
     keygate_no_key_vs_passthrough: "keygate without signing, vs pass-through",
+    keygate_vs_passthrough: "keygate as deployed (JWT reused), vs pass-through",
   };
   for (const [key, c] of Object.entries(derived)) {
     if (typeof c !== "object") continue;
@@ -379,10 +476,17 @@ function report(summary) {
     "",
     "Δ(1/rps) is the time a worker's extra work adds per request where one thread (the isolate's) is the bottleneck. In a closed loop, " +
       "connections × Δ(1/rps) equals Δ mean latency (Little's law): with several connections it counts the queueing too. With " +
-      "SIGNING_BENCH_CONNECTIONS=1 there is no queue, and Δ mean latency is the latency the work adds to each request.",
+      "EDGE_BENCH_CONNECTIONS=1 there is no queue, and Δ mean latency is the latency the work adds to each request.",
   );
   if (nat && Object.keys(nat).length) {
     lines.push("", `Native (criterion, \`cargo bench -p keygate-shared --bench origin_token\`): ${Object.entries(nat).map(([k, v]) => `${k.replace(/_ns$/, "")} ${v >= 1000 ? `${round(v / 1000, 2)} µs` : `${v} ns`}`).join(", ")}.`);
+  }
+  if (Object.keys(p1).length) {
+    lines.push("", "| P1: against the pass-through worker | throughput (≥ 0.8×) | mean latency (≤ +0.5 ms) | p99 (≤ 1.25×) | |", "|---|---|---|---|---|");
+    for (const [name, g] of Object.entries(p1)) {
+      const verdict = g.met === null ? "not judged (smoke)" : g.met ? "met" : "**missed**";
+      lines.push(`| ${name} | ${g.throughput_ratio}× | ${g.mean_ms_added >= 0 ? "+" : ""}${g.mean_ms_added} ms | ${g.p99_ratio}× | ${verdict} |`);
+    }
   }
   if (harness) {
     lines.push("", harness.judged

@@ -1,0 +1,318 @@
+//! The HTTP path: a GraphQL request checked ([`crate::check`]) and, if admitted, forwarded to the origin
+//! with the key's identity; the origin's answer goes back with the rate-limit headers.
+//!
+//! Every request pays for each call between the wasm and the runtime's JS, so this path makes few: it
+//! works on the runtime's own `Request`, `Headers` and `Response` (web-sys) rather than workers-rs's
+//! copies of them (which read the request's `cf` object and parse its URL on every request), copies the
+//! client's headers in one call, passes the body it read on to the origin without copying it back, and
+//! wraps the origin's answer without copying its headers.
+//!
+//! It is also not driven by an async executor when it need not be. The request's own steps (read the
+//! body, fetch from the origin) are chained as the runtime's promises, with callbacks made once per
+//! isolate. Between them, the check and the origin's headers run as Rust futures polled once on the
+//! spot: with the record in the isolate's cache and the origin's JWT at hand (nearly every request),
+//! they finish without waiting and no task is spawned. Only a request that must wait (a KV read, a
+//! signature, a persisted query's document) goes to `wasm-bindgen-futures`' executor, from where it
+//! left off. BENCHMARKS.md (P1) has the measurements.
+
+use std::cell::OnceCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Poll, Waker};
+
+use keygate_shared::{KeyRecord, OriginSecret};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::{future_to_promise, JsFuture};
+use worker::{js_sys, Context, Env, Result};
+
+use crate::check::{check, refusal_response, Incoming, Refused};
+use crate::identity::forwards_client_header;
+use crate::request_url::{path_and_query, query_pairs};
+use crate::worker::{
+    blocked_client, graphql_error, json_response, now, origin_token, records_kv, remember, tiers, KvDocuments,
+    RecentKv, FAILED, LIMITER,
+};
+
+/// The largest request body checked; larger is refused with 413.
+const MAX_BODY: usize = 1024 * 1024;
+
+#[wasm_bindgen]
+extern "C" {
+    /// The runtime's `fetch`, with a URL and an init.
+    #[wasm_bindgen(js_name = fetch)]
+    fn runtime_fetch(input: &str, init: &web_sys::RequestInit) -> js_sys::Promise;
+
+    /// A promise, as far as chaining it goes.
+    type Thenable;
+    /// `promise.then(fulfilled, rejected)`: a promise of what the callback that runs returns.
+    #[wasm_bindgen(method, js_name = then)]
+    fn then_either(this: &Thenable, fulfilled: &Callback, rejected: &Callback) -> JsValue;
+
+    /// A function the runtime calls back.
+    #[derive(Clone)]
+    type Callback;
+    /// `callback.bind(null, a, b, c)`: the callback with its first three arguments given.
+    #[wasm_bindgen(method, js_name = bind)]
+    fn bind_three(this: &Callback, this_arg: &JsValue, a: &JsValue, b: &JsValue, c: &JsValue) -> Callback;
+}
+
+/// `promise.then(fulfilled, rejected)`.
+fn then(promise: &js_sys::Promise, fulfilled: &Callback, rejected: &Callback) -> JsValue {
+    promise.unchecked_ref::<Thenable>().then_either(fulfilled, rejected)
+}
+
+/// A callback the runtime calls with four arguments, made once per isolate (it lives as long as the
+/// isolate; per-request values are bound to it with [`bind_three`]).
+fn callback(f: fn(JsValue, JsValue, JsValue, JsValue) -> JsValue) -> Callback {
+    Closure::<dyn FnMut(JsValue, JsValue, JsValue, JsValue) -> JsValue>::new(f).into_js_value().unchecked_into()
+}
+
+thread_local! {
+    // (request, env, ctx, body): the body has been read.
+    static AFTER_BODY: Callback = callback(after_body);
+    // (limit, remaining, key id, answer): the origin answered.
+    static ON_ANSWER: Callback = callback(|limit, remaining, _, answer| {
+        let limit = limit.as_f64().unwrap_or_default() as u32;
+        let remaining = remaining.as_f64().unwrap_or_default() as u32;
+        into_js(with_rate_limit(&answer.unchecked_into(), limit, remaining))
+    });
+    // (limit, remaining, key id, error): the origin did not answer.
+    static ON_FAILURE: Callback =
+        callback(|_, _, key_id, error| into_js(origin_failed(&key_id.as_string().unwrap_or_default(), &error)));
+    // (_, _, _, error): the runtime failed us (the body could not be read).
+    static ON_ERROR: Callback = callback(|_, _, _, error| into_js(Err(error.into())));
+}
+
+/// Where the origin is and the secret that signs the identity headers: vars and secrets do not change
+/// within an isolate, so they are read once.
+struct Origin {
+    url: String,
+    secret: Option<OriginSecret>,
+}
+
+thread_local! {
+    static ORIGIN: OnceCell<Origin> = const { OnceCell::new() };
+}
+
+/// Runs `f` on the isolate's origin settings (`ORIGIN_URL`, without a trailing `/`, and `ORIGIN_SECRET`).
+fn with_origin<T>(env: &Env, f: impl FnOnce(&Origin) -> T) -> Result<T> {
+    ORIGIN.with(|held| {
+        if held.get().is_none() {
+            let url = env.var("ORIGIN_URL")?.to_string().trim_end_matches('/').to_owned();
+            let secret = env.secret("ORIGIN_SECRET").ok().map(|s| OriginSecret::new(s.to_string()));
+            let _ = held.set(Origin { url, secret });
+        }
+        let origin = held.get().ok_or_else(|| worker::Error::RustError("no origin settings".into()))?;
+        Ok(f(origin))
+    })
+}
+
+/// Where the origin serves a request's `path_and_query` (its path, then `?` and the query if any).
+pub(crate) fn origin_target(env: &Env, path_and_query: &str) -> Result<String> {
+    with_origin(env, |origin| format!("{}{path_and_query}", origin.url))
+}
+
+/// Adds the verified identity of the key `record` describes to `headers`: the signed `X-Keygate-*`
+/// headers and the origin's JWT.
+pub(crate) async fn add_identity(headers: &web_sys::Headers, env: &Env, record: &KeyRecord) -> Result<()> {
+    let key_id = record.key_id.to_string();
+    let signed_at = now();
+    headers.set(keygate_shared::origin::KEY_ID_HEADER, &key_id)?;
+    headers.set(keygate_shared::origin::TIER_HEADER, &record.tier)?;
+    headers.set(keygate_shared::origin::TIMESTAMP_HEADER, &signed_at.to_string())?;
+    let signature =
+        with_origin(env, |origin| origin.secret.as_ref().map(|s| s.sign(signed_at, &key_id, &record.tier)))?;
+    if let Some(signature) = signature {
+        headers.set(keygate_shared::origin::SIGNATURE_HEADER, &signature)?;
+    }
+    if let Some(token) = origin_token(env, record).await {
+        headers.set("authorization", &format!("Bearer {token}"))?;
+    }
+    Ok(())
+}
+
+/// A copy of the client's headers without those the origin must not get (see
+/// [`forwards_client_header`]): one copy in the runtime, then a delete per dropped name.
+fn forwarded_headers(client: &web_sys::Headers) -> Result<web_sys::Headers> {
+    let headers = web_sys::Headers::new_with_headers(client)?;
+    let names = String::from(js_sys::Array::from(&client.keys()).join("\n"));
+    for name in names.split('\n').filter(|name| !name.is_empty() && !forwards_client_header(name)) {
+        headers.delete(name)?;
+    }
+    Ok(headers)
+}
+
+/// A GraphQL request over HTTP, answered: the response, or a promise of it. Checked in the order
+/// DESIGN.md gives, then forwarded (or refused).
+pub(crate) fn answer(request: web_sys::Request, env: Env, ctx: JsValue) -> JsValue {
+    let method = request.method();
+    if method != "GET" && method != "POST" {
+        return into_js(graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST").map(Into::into));
+    }
+    let client = match request.headers().get("CF-Connecting-IP") {
+        Ok(client) => client.unwrap_or_default(),
+        Err(error) => return into_js(Err(error.into())),
+    };
+    // Reads the vars (the failed-attempts limit among them) on an isolate's first request.
+    let _ = tiers(&env);
+    if let Some(blocked) = blocked_client(&client) {
+        return into_js(blocked.map(Into::into));
+    }
+    let read = if method == "POST" { Some(request.array_buffer()) } else { None };
+    let (request, env) = (JsValue::from(request), JsValue::from(env));
+    match read {
+        None => after_body(request, env, ctx, JsValue::UNDEFINED),
+        Some(Ok(body)) => {
+            let next = AFTER_BODY.with(|f| f.bind_three(&JsValue::NULL, &request, &env, &ctx));
+            let failed = ON_ERROR.with(Clone::clone);
+            then(&body, &next, &failed)
+        }
+        Some(Err(error)) => into_js(Err(error.into())),
+    }
+}
+
+/// What becomes of a checked request: an answer the edge gives itself (a refusal), or the request to
+/// send to the origin.
+enum Step {
+    Answer(web_sys::Response),
+    Send(Sending),
+}
+
+/// An admitted request, ready for the origin.
+struct Sending {
+    target: String,
+    init: web_sys::RequestInit,
+    limit: u32,
+    remaining: u32,
+    key_id: String,
+}
+
+/// The body is read (`undefined` for a GET): check the request and send it on. The check runs at once
+/// when it can; see the module's doc.
+fn after_body(request: JsValue, env: JsValue, ctx: JsValue, body: JsValue) -> JsValue {
+    let checked =
+        check_request(request.unchecked_into(), env.unchecked_into(), Context::new(ctx.unchecked_into()), body);
+    match now_or_later(checked) {
+        Ok(Ok(Step::Answer(response))) => response.into(),
+        Ok(Ok(Step::Send(sending))) => {
+            let (limit, remaining, key_id) = (sending.limit.into(), sending.remaining.into(), sending.key_id.into());
+            let answered = ON_ANSWER.with(|f| f.bind_three(&JsValue::NULL, &limit, &remaining, &key_id));
+            let failed = ON_FAILURE.with(|f| f.bind_three(&JsValue::NULL, &limit, &remaining, &key_id));
+            then(&runtime_fetch(&sending.target, &sending.init), &answered, &failed)
+        }
+        Ok(Err(error)) => into_js(Err(error)),
+        Err(waiting) => future_to_promise(async move {
+            let sending = match waiting.await? {
+                Step::Answer(response) => return Ok(response.into()),
+                Step::Send(sending) => sending,
+            };
+            let answered = match JsFuture::from(runtime_fetch(&sending.target, &sending.init)).await {
+                Ok(answer) => with_rate_limit(&answer.unchecked_into(), sending.limit, sending.remaining),
+                Err(error) => origin_failed(&sending.key_id, &error),
+            };
+            Ok(into_js(answered))
+        })
+        .into(),
+    }
+}
+
+/// A future's output if it is ready at once (polled once, with a waker that does nothing), else the
+/// future, to be driven by an executor: its next poll there gives the pending I/O the executor's waker.
+fn now_or_later<F: Future>(future: F) -> std::result::Result<F::Output, Pin<Box<F>>> {
+    let mut future = Box::pin(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => Err(future),
+    }
+}
+
+/// The check, and for an admitted request its headers and init for the origin.
+async fn check_request(request: web_sys::Request, env: Env, ctx: Context, body_buffer: JsValue) -> Result<Step> {
+    let method = request.method();
+    let url = request.url();
+    let client_headers = request.headers();
+    let path_and_query = path_and_query(&url);
+    let query = query_pairs(path_and_query);
+    let api_key = client_headers.get("X-API-Key")?;
+    let body = if body_buffer.is_undefined() { Vec::new() } else { js_sys::Uint8Array::new(&body_buffer).to_vec() };
+    if body.len() > MAX_BODY {
+        let response = graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB")?;
+        return Ok(Step::Answer(response.into()));
+    }
+    let kv = records_kv(&env)?;
+    let records = RecentKv(kv.clone());
+    let documents = KvDocuments(kv.clone());
+    let incoming = Incoming { method: &method, api_key: api_key.as_deref(), query: &query, body: &body };
+    let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
+    let mut admitted = match check(&incoming, &records, &documents, admit, &tiers(&env), now()).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            if refused == Refused::BadKey {
+                let client = client_headers.get("CF-Connecting-IP")?.unwrap_or_default();
+                FAILED.with(|failed| failed.borrow_mut().failed(&client, now()));
+            }
+            let (status, headers, body) = refusal_response(&refused);
+            return Ok(Step::Answer(json_response(status, &headers, body)?.into()));
+        }
+    };
+    let registrations = std::mem::take(&mut admitted.registrations);
+    if !registrations.is_empty() {
+        ctx.wait_until(remember(kv, registrations));
+    }
+    // Sent on: same method, path, query and body; `X-API-Key`, `Host`, `Authorization` and any identity
+    // headers the client sent removed; the verified identity added and signed, as headers and as the
+    // origin's JWT.
+    let headers = forwarded_headers(&client_headers)?;
+    add_identity(&headers, &env, &admitted.record).await?;
+    let init = web_sys::RequestInit::new();
+    init.set_method(&method);
+    init.set_headers(&headers);
+    if !body.is_empty() {
+        init.set_body(&body_buffer);
+    }
+    Ok(Step::Send(Sending {
+        target: origin_target(&env, path_and_query)?,
+        init,
+        limit: admitted.limit,
+        remaining: admitted.remaining,
+        key_id: admitted.record.key_id.to_string(),
+    }))
+}
+
+/// The origin's answer as it is (status, headers, body stream) in a response whose headers may be
+/// changed (`new Response(answer.body, answer)`), with the rate-limit headers.
+fn with_rate_limit(answer: &web_sys::Response, limit: u32, remaining: u32) -> Result<web_sys::Response> {
+    let response = web_sys::Response::new_with_opt_readable_stream_and_init(
+        answer.body().as_ref(),
+        answer.unchecked_ref::<web_sys::ResponseInit>(),
+    )?;
+    let headers = response.headers();
+    headers.set("x-ratelimit-limit", &limit.to_string())?;
+    headers.set("x-ratelimit-remaining", &remaining.to_string())?;
+    Ok(response)
+}
+
+/// The 502 for an origin that did not answer. For the operator's log: the client gets only the code.
+/// No URL (its query string is the client's) and no header is written.
+fn origin_failed(key_id: &str, error: &JsValue) -> Result<web_sys::Response> {
+    let error = error.dyn_ref::<js_sys::Error>().map(|e| String::from(e.to_string())).or_else(|| error.as_string());
+    worker::console_error!("keygate: origin fetch failed for key {key_id}: {}", error.unwrap_or_default());
+    graphql_error(502, "ORIGIN_UNAVAILABLE", "the GraphQL origin did not answer").map(Into::into)
+}
+
+/// A response as the runtime takes it; an error (the runtime failed us, never the client's doing) is
+/// logged and answered with a bare 500, as workers-rs answers a handler's error.
+pub(crate) fn into_js(response: Result<web_sys::Response>) -> JsValue {
+    match response {
+        Ok(response) => response.into(),
+        Err(error) => {
+            worker::console_error!("keygate: {error}");
+            let init = web_sys::ResponseInit::new();
+            init.set_status(500);
+            web_sys::Response::new_with_opt_str_and_init(Some("INTERNAL SERVER ERROR"), &init)
+                .map_or(JsValue::UNDEFINED, Into::into)
+        }
+    }
+}
