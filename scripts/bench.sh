@@ -120,4 +120,4 @@ done
 "$bin/keygate-bench" report --results "$results" --criterion "${CARGO_TARGET_DIR:-target}/criterion" > "$out/report.md"
 cat "$out/report.md"
 echo
-cat "$out/edge.md"
+sed '/^```json/,$d' "$out/edge.md"

@@ -1,5 +1,5 @@
 //! A key for the edge, made as the control plane would make it, for harnesses that run the built worker
-//! on its own (`scripts/bench-signing.sh`): a fresh API key, its record, and a fresh ES256 origin
+//! on its own (`scripts/bench-edge.sh`, `bench/workerd/edge.mjs`): a fresh API key, its record, and a fresh ES256 origin
 //! signing key sealed under the sync secret. Prints one JSON object:
 //! `{"api_key", "record", "signing_key", "jwk"}`; the caller puts `record` (and, to let the edge sign,
 //! `signing_key`) into a `SyncPayload` and pushes it signed with the same sync secret, and can check the

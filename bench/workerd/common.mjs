@@ -96,3 +96,14 @@ export async function served(compatibilityDate) {
     cf: false,
   };
 }
+
+// Miniflare's options for the built keygate worker (`built`: edge-worker/build) with its KV namespace and
+// these vars and secrets.
+export function keygateWorker(built, bindings) {
+  return {
+    scriptPath: path.join(built, "index.js"),
+    modulesRoot: built,
+    kvNamespaces: ["KEYGATE_RECORDS"],
+    bindings,
+  };
+}

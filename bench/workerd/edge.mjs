@@ -23,6 +23,7 @@
 // EDGE_BENCH_WORKERS (comma-separated subset), EDGE_BENCH_CRITERION (a criterion folder: adds the native
 // figures of `cargo bench --bench origin_token`), EDGE_BENCH_JSON (also write the JSON summary there),
 // EDGE_BENCH_RESULTS (append each run to this results.jsonl as a P1 line, for `make bench`'s report),
+// EDGE_BENCH_VARS (JSON: more vars for the keygate workers, e.g. '{"RECORD_CACHE_MS":"600000"}'),
 // EDGE_BENCH_PROFILE (a folder: take a V8 CPU profile of each keygate worker's isolate over its measured
 // seconds, write it there as a .cpuprofile and print where the time went); BENCH_MODE=smoke runs 1 round
 // of 1 s each and judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to
@@ -38,7 +39,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { freePort, push as signedPush, round, run, served, workerdBench } from "./common.mjs";
+import { freePort, keygateWorker, push as signedPush, round, run, served, workerdBench } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
@@ -131,19 +132,16 @@ async function main() {
   const webcryptoJwk = { ...(await webcrypto.subtle.exportKey("jwk", pair.privateKey)), kid: "bench-webcrypto" };
   const { d: _private, ...webcryptoPublic } = webcryptoJwk;
 
-  const keygate = (vars) => ({
-    scriptPath: path.join(built, "index.js"),
-    modulesRoot: built,
-    kvNamespaces: ["KEYGATE_RECORDS"],
-    bindings: {
+  const keygate = (vars) =>
+    keygateWorker(built, {
       ORIGIN_URL: originUrl,
       SYNC_SECRET: syncSecret,
       ORIGIN_SECRET: originSecret,
       TIERS: '{"default": 1000000000}',
       FAILED_ATTEMPTS_PER_MINUTE: "0",
+      ...JSON.parse(env.EDGE_BENCH_VARS ?? "{}"),
       ...vars,
-    },
-  });
+    });
   // expect: what the origin must see over a run. `every`: a token on every request, a new one each time;
   // `reused`: a token on every request, few distinct ones; `none`: no token.
   const workers = [

@@ -50,7 +50,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { push as signedPush, round, run, served, workerdBench } from "./common.mjs";
+import { keygateWorker, push as signedPush, round, run, served, workerdBench } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
@@ -332,21 +332,16 @@ async function main() {
       modulesRoot: path.join(root, "bench"),
       bindings: { ORIGIN_URL: originUrl },
     },
-    keygate: {
-      scriptPath: path.join(built, "index.js"),
-      modulesRoot: built,
-      kvNamespaces: ["KEYGATE_RECORDS"],
-      bindings: {
-        ORIGIN_URL: originUrl,
-        SYNC_SECRET: syncSecret,
-        ORIGIN_SECRET: originSecret,
-        TIERS: '{"default": 100000000}',
-        FAILED_ATTEMPTS_PER_MINUTE: "0",
-        // The closed loops send thousands of messages a second on one socket: past the default limit
-        // (100 a second, WS_MESSAGES_PER_SEC) keygate would close it with 4429, as it should a client.
-        WS_MESSAGES_PER_SEC: "0",
-      },
-    },
+    keygate: keygateWorker(built, {
+      ORIGIN_URL: originUrl,
+      SYNC_SECRET: syncSecret,
+      ORIGIN_SECRET: originSecret,
+      TIERS: '{"default": 100000000}',
+      FAILED_ATTEMPTS_PER_MINUTE: "0",
+      // The closed loops send thousands of messages a second on one socket: past the default limit
+      // (100 a second, WS_MESSAGES_PER_SEC) keygate would close it with 4429, as it should a client.
+      WS_MESSAGES_PER_SEC: "0",
+    }),
   };
 
   // A worker in its own workerd: its base URL and workerd's pid (for /proc).

@@ -8,7 +8,7 @@
 
 import { parseArgs } from "node:util";
 
-import { served, workerdBench } from "./common.mjs";
+import { keygateWorker, served, workerdBench } from "./common.mjs";
 
 const { values } = parseArgs({
   options: { port: { type: "string" }, var: { type: "string", multiple: true, default: [] } },
@@ -25,10 +25,7 @@ const options = await served(compatibilityDate);
 if (values.port) options.port = Number(values.port);
 const mf = new Miniflare({
   ...options,
-  scriptPath: `${built}/index.js`,
-  modulesRoot: built,
-  kvNamespaces: ["KEYGATE_RECORDS"],
-  bindings,
+  ...keygateWorker(built, bindings),
   handleRuntimeStdio: (stdout, stderr) => {
     stdout.resume();
     stderr.on("data", (chunk) => process.stderr.write(chunk));
