@@ -23,7 +23,8 @@
 // EDGE_BENCH_WORKERS (comma-separated subset), EDGE_BENCH_CRITERION (a criterion folder: adds the native
 // figures of `cargo bench --bench origin_token`), EDGE_BENCH_JSON (also write the JSON summary there),
 // EDGE_BENCH_RESULTS (append each run to this results.jsonl as a P1 line, for `make bench`'s report),
-// EDGE_BENCH_VARS (JSON: more vars for the keygate workers, e.g. '{"RECORD_CACHE_MS":"600000"}'),
+// EDGE_BENCH_COMPARE (a copy of another build's edge-worker/build: adds it as keygate-compare, for a
+// before and after in one run), EDGE_BENCH_VARS (JSON: more vars for the keygate workers, e.g. '{"RECORD_CACHE_MS":"600000"}'),
 // EDGE_BENCH_PROFILE (a folder: take a V8 CPU profile of each keygate worker's isolate over its measured
 // seconds, write it there as a .cpuprofile and print where the time went); BENCH_MODE=smoke runs 1 round
 // of 1 s each and judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to
@@ -171,6 +172,11 @@ async function main() {
     },
     { name: "keygate-sign-every-request", options: keygate({ ORIGIN_JWT_REUSE_SECS: "0" }), push: true, expect: "every", jwk: fixture.jwk },
     { name: "keygate", options: keygate({}), push: true, expect: "reused", jwk: fixture.jwk },
+    // Another build of the worker (a copy of edge-worker/build), as deployed: before and after a change in
+    // one run.
+    ...(env.EDGE_BENCH_COMPARE
+      ? [{ name: "keygate-compare", options: keygateWorker(path.resolve(env.EDGE_BENCH_COMPARE), keygate({}).bindings), push: true, expect: "reused", jwk: fixture.jwk }]
+      : []),
     { name: "keygate-no-jwt", options: keygate({}), push: false, expect: "none" },
   ].filter((w) => !env.EDGE_BENCH_WORKERS || env.EDGE_BENCH_WORKERS.split(",").includes(w.name));
   const runs = Object.fromEntries(workers.map((w) => [w.name, []]));
@@ -400,6 +406,7 @@ function summarize(runs, settings) {
     keygate_reuse_vs_no_key: cost("keygate", "keygate-no-jwt"),
     keygate_no_key_vs_passthrough: cost("keygate-no-jwt", "passthrough"),
     keygate_vs_passthrough: cost("keygate", "passthrough"),
+    keygate_vs_compare: cost("keygate", "keygate-compare"),
   };
   for (const key of Object.keys(derived)) if (!derived[key]) delete derived[key];
   const { webcrypto_es256_sign: wc, keygate_sign: keygate } = derived;
@@ -407,7 +414,7 @@ function summarize(runs, settings) {
   // P1's goals, each keygate worker against the pass-through worker: throughput ≥ 0.8×, mean latency at
   // most +0.5 ms, p99 at most 1.25×.
   const p1 = {};
-  for (const name of ["keygate", "keygate-no-jwt"]) {
+  for (const name of ["keygate", "keygate-no-jwt", "keygate-compare"]) {
     const [m, b] = [workers[name], workers.passthrough];
     if (!m || !b) continue;
     const figures = {
@@ -462,6 +469,7 @@ function report(summary) {
     keygate_reuse_vs_no_key: "keygate with token reuse, vs no key",
     keygate_no_key_vs_passthrough: "keygate without signing, vs pass-through",
     keygate_vs_passthrough: "keygate as deployed (JWT reused), vs pass-through",
+    keygate_vs_compare: "this build, vs the build in EDGE_BENCH_COMPARE",
   };
   for (const [key, c] of Object.entries(derived)) {
     if (typeof c !== "object") continue;
