@@ -1,6 +1,7 @@
 //! The Cloudflare Worker: `POST /_keygate/sync` applies pushes from the control plane; every other
-//! request is checked and, if admitted, forwarded to `ORIGIN_URL`. Records live in Workers KV under
-//! their key id (binding `KEYGATE_RECORDS`).
+//! request is checked and, if admitted, forwarded to `ORIGIN_URL` ([`crate::forward`] over HTTP,
+//! [`crate::relay`] for a WebSocket). Records live in Workers KV under their key id (binding
+//! `KEYGATE_RECORDS`).
 //!
 //! Configuration: vars `ORIGIN_URL` (required), `TIERS` (JSON, requests per minute per tier) and
 //! `RECORD_CACHE_MS` (how long the isolate uses a record read from KV; 1000 by default, 0 for never),
