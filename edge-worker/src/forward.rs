@@ -20,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Poll, Waker};
 
-use keygate_shared::{KeyRecord, OriginSecret};
+use keygate_shared::KeyRecord;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
@@ -31,8 +31,8 @@ use crate::check::{check, refusal_response, Incoming, Refused};
 use crate::identity::forwards_client_header;
 use crate::request_url::{path_and_query, query_pairs};
 use crate::worker::{
-    blocked_client, graphql_error, json_response, now, origin_token, records_kv, remember, tiers, KvDocuments,
-    RecentKv, FAILED, LIMITER,
+    blocked_client, graphql_error, json_response, now, origin_token, records_kv, remember, tiers, with_identity,
+    KvDocuments, RecentKv, CLIENT_ADDRESS_HEADER, FAILED, LIMITER,
 };
 
 /// The largest request body checked; larger is refused with 413.
@@ -85,33 +85,19 @@ thread_local! {
     static ON_ERROR: Callback = callback(|_, _, _, error| into_js(Err(error.into())));
 }
 
-/// Where the origin is and the secret that signs the identity headers: vars and secrets do not change
-/// within an isolate, so they are read once.
-struct Origin {
-    url: String,
-    secret: Option<OriginSecret>,
-}
-
 thread_local! {
-    static ORIGIN: OnceCell<Origin> = const { OnceCell::new() };
-}
-
-/// Runs `f` on the isolate's origin settings (`ORIGIN_URL`, without a trailing `/`, and `ORIGIN_SECRET`).
-fn with_origin<T>(env: &Env, f: impl FnOnce(&Origin) -> T) -> Result<T> {
-    ORIGIN.with(|held| {
-        if held.get().is_none() {
-            let url = env.var("ORIGIN_URL")?.to_string().trim_end_matches('/').to_owned();
-            let secret = env.secret("ORIGIN_SECRET").ok().map(|s| OriginSecret::new(s.to_string()));
-            let _ = held.set(Origin { url, secret });
-        }
-        let origin = held.get().ok_or_else(|| worker::Error::RustError("no origin settings".into()))?;
-        Ok(f(origin))
-    })
+    // `ORIGIN_URL` without a trailing `/`: vars do not change within an isolate, so it is read once.
+    static ORIGIN_URL: OnceCell<String> = const { OnceCell::new() };
 }
 
 /// Where the origin serves a request's `path_and_query` (its path, then `?` and the query if any).
 pub(crate) fn origin_target(env: &Env, path_and_query: &str) -> Result<String> {
-    with_origin(env, |origin| format!("{}{path_and_query}", origin.url))
+    ORIGIN_URL.with(|held| {
+        if held.get().is_none() {
+            let _ = held.set(env.var("ORIGIN_URL")?.to_string().trim_end_matches('/').to_owned());
+        }
+        Ok(format!("{}{path_and_query}", held.get().map_or("", String::as_str)))
+    })
 }
 
 /// Adds the verified identity of the key `record` describes to `headers`: the signed `X-Keygate-*`
@@ -122,8 +108,7 @@ pub(crate) async fn add_identity(headers: &web_sys::Headers, env: &Env, record: 
     headers.set(keygate_shared::origin::KEY_ID_HEADER, &key_id)?;
     headers.set(keygate_shared::origin::TIER_HEADER, &record.tier)?;
     headers.set(keygate_shared::origin::TIMESTAMP_HEADER, &signed_at.to_string())?;
-    let signature =
-        with_origin(env, |origin| origin.secret.as_ref().map(|s| s.sign(signed_at, &key_id, &record.tier)))?;
+    let signature = with_identity(env, |identity| identity.header_signature(signed_at, &key_id, &record.tier));
     if let Some(signature) = signature {
         headers.set(keygate_shared::origin::SIGNATURE_HEADER, &signature)?;
     }
@@ -151,7 +136,7 @@ pub(crate) fn answer(request: web_sys::Request, env: Env, ctx: JsValue) -> JsVal
     if method != "GET" && method != "POST" {
         return into_js(graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST").map(Into::into));
     }
-    let client = match request.headers().get("CF-Connecting-IP") {
+    let client = match request.headers().get(CLIENT_ADDRESS_HEADER) {
         Ok(client) => client.unwrap_or_default(),
         Err(error) => return into_js(Err(error.into())),
     };
@@ -250,7 +235,7 @@ async fn check_request(request: web_sys::Request, env: Env, ctx: Context, body_b
         Ok(admitted) => admitted,
         Err(refused) => {
             if refused == Refused::BadKey {
-                let client = client_headers.get("CF-Connecting-IP")?.unwrap_or_default();
+                let client = client_headers.get(CLIENT_ADDRESS_HEADER)?.unwrap_or_default();
                 FAILED.with(|failed| failed.borrow_mut().failed(&client, now()));
             }
             let (status, headers, body) = refusal_response(&refused);

@@ -278,6 +278,13 @@ mod tests {
         assert_eq!(GraphqlBody::decode(b"[]").unwrap_err(), ClassifyError::EmptyBatch);
         assert_eq!(GraphqlBody::decode(b"not json").unwrap_err(), ClassifyError::NotGraphqlJson);
         assert_eq!(GraphqlBody::decode(b"42").unwrap_err(), ClassifyError::NotGraphqlJson);
+        // The first byte that is not JSON whitespace decides between a batch and a single request.
+        assert!(GraphqlBody::decode(b" \r\n\t[{\"query\":\"{ a }\"}]").unwrap().is_batch());
+        assert!(!GraphqlBody::decode(b"\n {\"query\":\"{ a }\"}").unwrap().is_batch());
+        assert_eq!(GraphqlBody::decode(b" [] ").unwrap_err(), ClassifyError::EmptyBatch);
+        assert_eq!(GraphqlBody::decode(b"[1]").unwrap_err(), ClassifyError::NotGraphqlJson);
+        assert_eq!(GraphqlBody::decode(b"[{\"query\":\"{ a }\"}").unwrap_err(), ClassifyError::NotGraphqlJson);
+        assert_eq!(GraphqlBody::decode(b"").unwrap_err(), ClassifyError::NotGraphqlJson);
         let persisted = GraphqlBody::decode(br#"{"extensions":{"other":1}}"#).unwrap();
         assert_eq!(persisted.operations(), Err(ClassifyError::MissingQuery));
     }

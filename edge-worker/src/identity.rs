@@ -266,7 +266,7 @@ pub enum Mint {
 #[derive(Debug)]
 pub struct OriginIdentity {
     config: IdentityConfig,
-    /// Signs HS256 tokens, when that is the algorithm and `ORIGIN_SECRET` is set.
+    /// `ORIGIN_SECRET`: signs the identity headers, and the tokens when the algorithm is HS256.
     origin_secret: Option<OriginSecret>,
     /// Opens the ES256 keys; `None` if `SYNC_SECRET` is not set.
     sync_secret: Option<SyncSecret>,
@@ -279,9 +279,14 @@ pub struct OriginIdentity {
 impl OriginIdentity {
     /// The identity `config` describes, with the worker's secrets.
     pub fn new(config: IdentityConfig, origin_secret: Option<OriginSecret>, sync_secret: Option<SyncSecret>) -> Self {
-        let origin_secret = origin_secret.filter(|_| config.alg == Alg::Hs256);
         let tokens = RecentTokens::new(config.effective_reuse_secs(), TOKEN_CAPACITY);
         Self { config, origin_secret, sync_secret, keys: HeldSigningKeys::default(), tokens, reported: 0 }
+    }
+
+    /// `X-Keygate-Signature` for the identity headers of `key_id` and `tier` signed at `signed_at`
+    /// (unix seconds), or `None` without `ORIGIN_SECRET`.
+    pub fn header_signature(&self, signed_at: i64, key_id: &str, tier: &str) -> Option<String> {
+        self.origin_secret.as_ref().map(|secret| secret.sign(signed_at, key_id, tier))
     }
 
     /// The settings in use.

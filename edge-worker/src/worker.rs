@@ -206,7 +206,7 @@ pub(crate) fn tiers(env: &Env) -> Rc<Tiers> {
 }
 
 /// Runs `f` on the isolate's origin identity, set up from the vars and secrets on first use.
-fn with_identity<T>(env: &Env, f: impl FnOnce(&mut OriginIdentity) -> T) -> T {
+pub(crate) fn with_identity<T>(env: &Env, f: impl FnOnce(&mut OriginIdentity) -> T) -> T {
     IDENTITY.with(|held| {
         let mut held = held.borrow_mut();
         let identity = held.get_or_insert_with(|| {
@@ -369,9 +369,13 @@ async fn receive_push(mut request: Request, env: Env) -> Result<Response> {
     }
 }
 
-/// The client's address as Cloudflare saw it; locally (wrangler dev) there is none and all share one.
+/// The header in which Cloudflare gives the client's address; locally (wrangler dev) there is none and
+/// all clients share one.
+pub(crate) const CLIENT_ADDRESS_HEADER: &str = "CF-Connecting-IP";
+
+/// The client's address as Cloudflare saw it ([`CLIENT_ADDRESS_HEADER`]).
 pub(crate) fn client_address(request: &Request) -> Result<String> {
-    Ok(request.headers().get("CF-Connecting-IP")?.unwrap_or_default())
+    Ok(request.headers().get(CLIENT_ADDRESS_HEADER)?.unwrap_or_default())
 }
 
 /// The 429 for a client address that sent too many bad keys, if it is blocked now.

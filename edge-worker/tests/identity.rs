@@ -415,6 +415,22 @@ fn an_hs256_token_is_signed_with_the_origin_secret() {
 }
 
 #[test]
+fn the_identity_headers_are_signed_with_the_origin_secret_whatever_signs_the_token() {
+    for alg in [Alg::Es256, Alg::Hs256] {
+        let identity = OriginIdentity::new(config(alg, 10), Some(OriginSecret::new("origin")), None);
+        let signature = identity.header_signature(NOW, "0123456789abcdefghijkl", "premium").unwrap();
+        let origin = OriginSecret::new("origin");
+        assert_eq!(origin.verify(&NOW.to_string(), "0123456789abcdefghijkl", "premium", &signature, NOW), Ok(()));
+        assert!(OriginSecret::new("other")
+            .verify(&NOW.to_string(), "0123456789abcdefghijkl", "premium", &signature, NOW)
+            .is_err());
+        assert!(origin.verify(&NOW.to_string(), "0123456789abcdefghijkl", "default", &signature, NOW).is_err());
+    }
+    let unsigned = OriginIdentity::new(config(Alg::Es256, 10), None, Some(SyncSecret::new(SYNC)));
+    assert_eq!(unsigned.header_signature(NOW, "0123456789abcdefghijkl", "premium"), None);
+}
+
+#[test]
 fn without_a_way_to_sign_there_is_no_token_and_the_cause_is_reported_once() {
     let record = key_record(1, 1, None);
     let mut none_pushed = es256(vec![], 10);
