@@ -115,7 +115,7 @@ fn rows(runs: &Runs, criterion: &Path) -> Vec<Row> {
         );
         let goals = ratio.zip(added_mean).zip(p99_ratio).map(|((r, m), p)| r >= 0.8 && m <= 0.5 && p <= 1.25);
         let runtime = cpu.zip(pass_cpu).map_or_else(String::new, |((k, _), (p, _))| {
-            format!("; workerd CPU per request {k:.0} against {p:.0} µs (+{:.0} µs)", k - p)
+            format!("; workerd CPU per request {k:.0} against {p:.0} µs ({:+.0} µs)", k - p)
         });
         rows.push(Row {
             id: "P1",

@@ -569,7 +569,7 @@ function report(summary) {
       const verdict = g.met === null ? "not judged (smoke)" : g.met ? "met" : "**missed**";
       const r = g.rounds;
       const m = g.of_medians;
-      const cpu = g.runtime_cpu ? `${g.runtime_cpu.keygate_us} against ${g.runtime_cpu.passthrough_us} µs: +${g.runtime_cpu.added_us} µs, ${g.runtime_cpu.ratio}×` : "–";
+      const cpu = g.runtime_cpu ? `${g.runtime_cpu.keygate_us} against ${g.runtime_cpu.passthrough_us} µs: ${g.runtime_cpu.added_us >= 0 ? "+" : ""}${g.runtime_cpu.added_us} µs, ${g.runtime_cpu.ratio}×` : "–";
       lines.push(
         `| ${name} | ${g.throughput_ratio}× (${range(r.map((x) => x.throughput_ratio))}) | ${signed(g.mean_ms_added)} (${range(r.map((x) => x.mean_ms_added))}) | ${g.p99_ratio}× (${range(r.map((x) => x.p99_ratio))}) | ${verdict} | ${m.throughput_ratio}×, ${signed(m.mean_ms_added)}, ${m.p99_ratio}× | ${cpu} |`,
       );
