@@ -16,7 +16,8 @@
 // http server in a child process that answers at once and counts the tokens it receives, so every run
 // also proves what it measured (a token on every request, a new one each time, or none), and the last
 // token of each run is checked against its public key. Besides throughput and latency, each run reads the
-// CPU time workerd used over the load (/proc) and reports it per request. P1's goals are judged on the
+// CPU time workerd used over the load (/proc) and reports it per request, and the share of the machine's
+// CPU time the hypervisor stole meanwhile (/proc/stat). P1's goals are judged on the
 // medians of the round-by-round ratios (each keygate worker against the pass-through of its round).
 //
 //   KEYGATE_NODE_MODULES=... KEYGATE_BENCH_BIN=target/release/keygate-bench node bench/workerd/edge.mjs
@@ -217,6 +218,7 @@ async function main() {
       await originStats(true);
       const profiler = inspectorPort ? await startProfiler(inspectorPort) : undefined;
       const cpuBefore = workerdCpuUs();
+      const machineBefore = machineCpu();
       const result = JSON.parse(
         await run(bin, [
           "load", "--url", `${base}/graphql`, "--method", "POST", "--header", "content-type: application/json",
@@ -226,12 +228,17 @@ async function main() {
       );
       if (profiler) await profiler.finish(path.join(env.EDGE_BENCH_PROFILE, `${worker.name}-${round}.cpuprofile`));
       const cpuAfter = workerdCpuUs();
+      const machineAfter = machineCpu();
       const seen = await originStats(true);
       const problems = await check(worker, result, seen);
       // The runtime's CPU per request over the whole load (warm-up included, as the origin's count is).
       const cpu = cpuBefore !== null && cpuAfter !== null && seen.requests ? Math.round((cpuAfter - cpuBefore) / seen.requests) : null;
+      const stealPct =
+        machineBefore && machineAfter && machineAfter[0] > machineBefore[0]
+          ? Math.round((1000 * (machineAfter[1] - machineBefore[1])) / (machineAfter[0] - machineBefore[0])) / 10
+          : null;
       const { last_token: _token, ...origin } = seen;
-      const figures = { ...pick(result, ["rps", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "requests", "statuses", "errors"]), runtime_cpu_us: cpu };
+      const figures = { ...pick(result, ["rps", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "requests", "statuses", "errors"]), runtime_cpu_us: cpu, steal_pct: stealPct };
       const entry = { round, ...figures, origin, problems, ...(profiler ? { profiled: true } : {}) };
       runs[worker.name].push(entry);
       if (env.EDGE_BENCH_RESULTS) {
@@ -239,7 +246,7 @@ async function main() {
         appendFileSync(env.EDGE_BENCH_RESULTS, `${JSON.stringify(line)}\n`);
       }
       console.error(
-        `  round ${round} ${worker.name.padEnd(27)} ${String(result.rps).padStart(6)} req/s  mean ${result.mean_ms} ms  p99 ${result.p99_ms} ms  workerd CPU ${cpu ?? "?"} µs/request  origin: ${origin.requests} requests, ${origin.bearer} with a token, ${origin.distinct} distinct${problems.length ? `  PROBLEM: ${problems.join("; ")}` : ""}`,
+        `  round ${round} ${worker.name.padEnd(27)} ${String(result.rps).padStart(6)} req/s  mean ${result.mean_ms} ms  p99 ${result.p99_ms} ms  workerd CPU ${cpu ?? "?"} µs/request  steal ${stealPct ?? "?"}%  origin: ${origin.requests} requests, ${origin.bearer} with a token, ${origin.distinct} distinct${problems.length ? `  PROBLEM: ${problems.join("; ")}` : ""}`,
       );
     } finally {
       await mf.dispose();
@@ -310,6 +317,18 @@ function workerdCpuUs() {
     found = true;
   }
   return found ? (ticks * 1e6) / CLOCK_TICKS : null;
+}
+
+// The machine's CPU time so far, from /proc/stat's first line: [total, steal] in ticks, or null. Steal is
+// time the hypervisor gave to other machines while this one wanted to run: the share of it over a load
+// says how far that run's wall-clock figures were the host's doing.
+function machineCpu() {
+  try {
+    const fields = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1, 9).map(Number);
+    return [fields.reduce((a, b) => a + b, 0), fields[7]];
+  } catch {
+    return null;
+  }
 }
 
 // A V8 CPU profile of the worker's isolate, through workerd's inspector, from now until `finish(file)`,
@@ -522,13 +541,13 @@ function report(summary) {
     "",
     `Worker measured: edge-worker/build/index_bg.wasm, ${wasm.bytes} bytes, sha256 ${wasm.sha256.slice(0, 16)}….`,
     "",
-    "| worker | req/s | mean | p50 | p99 | workerd CPU per request | req/s per round | tokens at the origin (last round) |",
-    "|---|---|---|---|---|---|---|---|",
+    "| worker | req/s | mean | p50 | p99 | workerd CPU per request | req/s per round | CPU stolen by the host, per round | tokens at the origin (last round) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ];
   for (const [name, w] of Object.entries(workers)) {
     const last = w.runs[w.runs.length - 1].origin;
     const tokens = last.bearer ? `${last.bearer} of ${last.requests} requests, ${last.distinct} distinct` : `none (${last.requests} requests)`;
-    lines.push(`| ${name} | ${w.rps} | ${w.mean_ms} ms | ${w.p50_ms} ms | ${w.p99_ms} ms | ${w.runtime_cpu_us ?? "?"} µs | ${w.runs.map((r) => r.rps).join(", ")} | ${tokens} |`);
+    lines.push(`| ${name} | ${w.rps} | ${w.mean_ms} ms | ${w.p50_ms} ms | ${w.p99_ms} ms | ${w.runtime_cpu_us ?? "?"} µs | ${w.runs.map((r) => r.rps).join(", ")} | ${w.runs.map((r) => (r.steal_pct === null ? "?" : `${r.steal_pct}%`)).join(", ")} | ${tokens} |`);
   }
   lines.push("", "| cost per request | measured − baseline | Δ mean latency | connections × Δ(1/rps) | Δ(1/rps) | throughput ratio |", "|---|---|---|---|---|---|");
   const names = {
