@@ -483,7 +483,8 @@ function summarize(runs, settings) {
   // so a round's ratio compares them on the machine as it was then; the medians of those ratios are
   // judged. (On a shared VM the pass-through worker's own throughput moves by a third between rounds;
   // a ratio of medians taken from different rounds carries that drift.) The ratio of the medians is
-  // shown too, and the runtime's CPU per request, which the machine's other load moves least.
+  // shown too, and the runtime's CPU per request, which the host's noise moves less (though not by
+  // nothing: see the steal column).
   const p1 = {};
   for (const name of ["keygate", "keygate-no-jwt", "keygate-compare"]) {
     const [m, b] = [workers[name], workers.passthrough];
