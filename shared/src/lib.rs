@@ -1,6 +1,7 @@
 //! keygate's shared core, used by the control plane and the edge worker alike: key format v1, the
 //! stored form of a secret and its constant-time check, the replicated key record, permissions, and
-//! the signature on replication pushes, and the origin's JWT with the keys that sign it.
+//! the signature on replication pushes, the origin's JWT with the keys that sign it, and the usage
+//! reports the edge sends back.
 //!
 //! `no_std` + `alloc`, so it builds for `wasm32-unknown-unknown`; the default `std` feature only adds
 //! runtime CPU-feature detection for the checksum.
@@ -20,6 +21,7 @@ pub mod permissions;
 pub mod record;
 pub mod signing_key;
 pub mod sync;
+pub mod usage;
 
 pub use attempts::FailedAttempts;
 pub use hash::{sha256_hex, SecretHash};
@@ -29,3 +31,4 @@ pub use permissions::{AdminScope, Denial, OperationKind, Permission, PermissionE
 pub use record::{KeyRecord, Refusal, SecretEntry};
 pub use signing_key::{Jwk, OriginSigningKey, SealedSigningKey, SigningKeyError};
 pub use sync::{SyncError, SyncPayload, SyncSecret};
+pub use usage::{UsageBatch, UsageRow};
