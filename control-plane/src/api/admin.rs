@@ -86,18 +86,25 @@ fn key_id(text: &str) -> Result<KeyId, ApiError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// Display name, 1 to 200 characters.
+    /// Display name, 1 to 200 characters, not only white space (it is trimmed).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     /// Rate-limit tier, `[a-z0-9_-]{1,32}`; `default` when absent.
     #[serde(default = "default_tier")]
+    #[schema(pattern = r"^[a-z0-9_-]{1,32}$")]
     tier: String,
-    /// Permission strings, e.g. `query:read`, `batch:10`, `*`.
+    /// Permission strings, e.g. `query:read`, `batch:10`, `*`: at most 64, each `:`-separated segments
+    /// of `[a-z0-9_*.-]`. `batch:N` needs N ≥ 1, and `admin:` ones must name a known scope.
+    #[schema(max_items = 64, inline, value_type = Vec<super::openapi::PermissionString>)]
     permissions: Vec<String>,
     /// Lifetime in days (1 to 3650); 90 when absent.
+    #[schema(minimum = 1, maximum = 3650)]
     expires_in_days: Option<i64>,
-    /// Region of the key text; the deployment's when absent.
+    /// Region of the key text, `[a-z0-9]+` words joined by `_`; the deployment's when absent.
+    #[schema(max_length = 165, pattern = r"^[a-z0-9]+(_[a-z0-9]+)*$")]
     region: Option<String>,
-    /// Who the key belongs to.
+    /// Who the key belongs to, at most 200 characters.
+    #[schema(max_length = 200)]
     owner: Option<String>,
     /// A JSON object of at most 8 KiB.
     #[schema(value_type = Option<Object>)]
@@ -202,10 +209,13 @@ pub(crate) async fn create_key(
 /// Paging through keys.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Continue after this key id (the previous page's `next_after`).
+    #[param(pattern = r"^[0-6][0-9A-Za-z]{21}$")]
     after: Option<String>,
 }
 
@@ -291,6 +301,7 @@ fn generation(secret: &SecretRow, current: i64, now: i64) -> GenerationResponse 
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// How long the old secret keeps working, 0 to 2592000 s (default 86400), capped at the key's expiry.
+    #[schema(minimum = 0, maximum = 2592000)]
     grace_period_secs: Option<i64>,
 }
 
@@ -305,7 +316,7 @@ pub struct RotatedResponse {
     previous_valid_until: String,
 }
 
-/// An optional JSON body: absent (no bytes) means the default.
+/// An optional JSON body: absent (no bytes) or JSON `null` means the default.
 pub(crate) async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     request: axum::extract::Request,
     state: &AppState,
@@ -317,12 +328,14 @@ pub(crate) async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     if empty {
         return Ok(T::default());
     }
-    let JsonBody(value) = <JsonBody<T> as axum::extract::FromRequest<AppState>>::from_request(request, state).await?;
-    Ok(value)
+    let JsonBody(value) =
+        <JsonBody<Option<T>> as axum::extract::FromRequest<AppState>>::from_request(request, state).await?;
+    Ok(value.unwrap_or_default())
 }
 
 #[utoipa::path(post, path = "/admin/api-keys/{id}/rotate", tag = "keys", params(("id" = String, Path)),
-    request_body(content = Option<RotateRequest>), responses((status = 200, body = RotatedResponse)),
+    request_body(content = Option<RotateRequest>), responses((status = 200, body = RotatedResponse),
+        (status = 409, body = super::error::ErrorBody, description = "`key_revoked` or `key_expired`: the key can no longer be rotated")),
     security(("admin_key" = ["admin:keys:write"])))]
 pub(crate) async fn rotate_key(
     State(state): State<AppState>,
@@ -346,6 +359,7 @@ pub(crate) async fn rotate_key(
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Why, up to 500 characters.
+    #[schema(max_length = 500)]
     reason: Option<String>,
 }
 
@@ -387,10 +401,13 @@ pub(crate) async fn reveal_key(
 /// Filtering the audit log.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only entries about this key.
+    #[param(pattern = r"^[0-6][0-9A-Za-z]{21}$")]
     key_id: Option<String>,
     /// At most this many entries, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

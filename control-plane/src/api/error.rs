@@ -77,7 +77,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body; malformed JSON is a 400, well-formed JSON of the wrong shape a 422, a missing
+/// A JSON request body (an object); malformed JSON is a 400, well-formed JSON of the wrong shape a 422, a missing
 /// or wrong content type a 415, a body over the limit a 413.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonBody<T>(pub T);
@@ -90,10 +90,39 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let mut value = match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        // serde reads a struct from an array of its fields too; the API takes objects (or `null` where a
+        // body is optional) only, as its document says.
+        if !(value.is_object() || value.is_null()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
         }
+        whole_numbers_as_integers(&mut value);
+        serde_json::from_value(value).map(Self).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", format!("the body does not fit: {e}"))
+        })
+    }
+}
+
+/// JSON has one number type, and JSON Schema calls `3.0` an integer: a whole number written with a
+/// fraction becomes the integer it is, so an integer field takes it.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) if number.is_f64() => {
+            if let Some(whole) = number.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                // |whole| < 2^53: the conversion is exact.
+                *value = serde_json::Value::from(whole as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod error;
 mod limits;
+mod openapi;
 pub mod ops;
 pub mod origin_keys;
 

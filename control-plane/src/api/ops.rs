@@ -8,6 +8,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use super::openapi::FromRouteTable;
+
 use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::service::Verdict;
@@ -91,7 +93,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         super::origin_keys::list, super::origin_keys::rotate, super::origin_keys::jwks,
         verify, healthz, readyz, metrics, openapi
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &FromRouteTable)
 )]
 pub struct ApiDoc;
 

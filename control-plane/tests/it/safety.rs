@@ -248,6 +248,23 @@ async fn malformed_requests_get_clear_errors_and_write_nothing() {
             "invalid_body",
         ),
         (
+            // serde would read a struct from an array of its fields; the API takes objects only.
+            Method::POST,
+            "/admin/api-keys".into(),
+            Some("application/json"),
+            r#"["n",[]]"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            format!("/admin/api-keys/{id}/revoke"),
+            Some("application/json"),
+            "[null]".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
             Method::POST,
             "/admin/api-keys".into(),
             Some("application/json"),
