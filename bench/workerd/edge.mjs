@@ -6,8 +6,10 @@
 // caps even a pass-through worker at a few hundred req/s here), one at a time, alternating in every round:
 //   passthrough                 bench/passthrough.js: forwards, checks nothing (the harness's ceiling);
 //   keygate                     the built worker (edge-worker/build) as deployed: ES256 origin JWT, reused
-//                               per key for 10 s (the default);
+//                               per key for 10 s (the default), usage counted and flushed;
 //   keygate-no-jwt              the same with no signing key pushed: forwards without a token;
+//   keygate-no-usage            the same as keygate without usage counting (CONTROL_PLANE_URL unset; as
+//                               deployed, the workers flush their counts to the origin's process);
 //   keygate-sign-every-request  the same, ORIGIN_JWT_REUSE_SECS=0;
 //   webcrypto-es256             bench/workerd/webcrypto_sign.js: the pass-through plus one ES256 JWT per
 //                               request signed with WebCrypto;
@@ -73,11 +75,25 @@ function origin(port) {
   let bearer = 0;
   let tokens = new Set();
   let last = null;
+  // The keygate workers' usage flushes (CONTROL_PLANE_URL points here): counted apart, never as requests.
+  let usageBatches = 0;
+  let usageAdmitted = 0;
   const server = http.createServer((request, response) => {
     if (request.url.startsWith("/_stats")) {
-      const body = JSON.stringify({ requests, bearer, distinct: tokens.size, last_token: last });
-      if (request.url.includes("reset")) [requests, bearer, tokens, last] = [0, 0, new Set(), null];
+      const body = JSON.stringify({ requests, bearer, distinct: tokens.size, last_token: last, usage_batches: usageBatches, usage_admitted: usageAdmitted });
+      if (request.url.includes("reset")) [requests, bearer, tokens, last, usageBatches, usageAdmitted] = [0, 0, new Set(), null, 0, 0];
       response.writeHead(200, { "content-type": "application/json" }).end(body);
+      return;
+    }
+    if (request.url === "/_keygate/usage") {
+      const chunks = [];
+      request.on("data", (chunk) => chunks.push(chunk));
+      request.on("end", () => {
+        const batch = JSON.parse(Buffer.concat(chunks).toString());
+        usageBatches += 1;
+        for (const row of batch.rows) usageAdmitted += row.admitted ?? 0;
+        response.writeHead(200, { "content-type": "application/json" }).end('{"applied":true}');
+      });
       return;
     }
     requests += 1;
@@ -139,16 +155,19 @@ async function main() {
   const webcryptoJwk = { ...(await webcrypto.subtle.exportKey("jwk", pair.privateKey)), kid: "bench-webcrypto" };
   const { d: _private, ...webcryptoPublic } = webcryptoJwk;
 
+  // A var given as `undefined` is left unset.
   const keygate = (vars) =>
-    keygateWorker(built, {
+    keygateWorker(built, definedOnly({
       ORIGIN_URL: originUrl,
       SYNC_SECRET: syncSecret,
       ORIGIN_SECRET: originSecret,
       TIERS: '{"default": 1000000000}',
       FAILED_ATTEMPTS_PER_MINUTE: "0",
+      // As deployed: usage counted and flushed (here to the origin's process, which only counts them).
+      CONTROL_PLANE_URL: originUrl,
       ...JSON.parse(env.EDGE_BENCH_VARS ?? "{}"),
       ...vars,
-    });
+    }));
   // expect: what the origin must see over a run. `every`: a token on every request, a new one each time;
   // `reused`: a token on every request, few distinct ones; `none`: no token.
   const workers = [
@@ -184,6 +203,8 @@ async function main() {
       ? [{ name: "keygate-compare", options: keygateWorker(path.resolve(env.EDGE_BENCH_COMPARE), keygate({}).bindings), push: true, expect: "reused", jwk: fixture.jwk }]
       : []),
     { name: "keygate-no-jwt", options: keygate({}), push: false, expect: "none" },
+    // The same with no usage counting (CONTROL_PLANE_URL unset), so the counting's own cost shows.
+    { name: "keygate-no-usage", options: keygate({ CONTROL_PLANE_URL: undefined }), push: true, expect: "reused", jwk: fixture.jwk },
   ].filter((w) => !env.EDGE_BENCH_WORKERS || env.EDGE_BENCH_WORKERS.split(",").includes(w.name));
   const runs = Object.fromEntries(workers.map((w) => [w.name, []]));
 
@@ -246,7 +267,7 @@ async function main() {
         appendFileSync(env.EDGE_BENCH_RESULTS, `${JSON.stringify(line)}\n`);
       }
       console.error(
-        `  round ${round} ${worker.name.padEnd(27)} ${String(result.rps).padStart(6)} req/s  mean ${result.mean_ms} ms  p99 ${result.p99_ms} ms  workerd CPU ${cpu ?? "?"} µs/request  steal ${stealPct ?? "?"}%  origin: ${origin.requests} requests, ${origin.bearer} with a token, ${origin.distinct} distinct${problems.length ? `  PROBLEM: ${problems.join("; ")}` : ""}`,
+        `  round ${round} ${worker.name.padEnd(27)} ${String(result.rps).padStart(6)} req/s  mean ${result.mean_ms} ms  p99 ${result.p99_ms} ms  workerd CPU ${cpu ?? "?"} µs/request  steal ${stealPct ?? "?"}%  origin: ${origin.requests} requests, ${origin.bearer} with a token, ${origin.distinct} distinct${origin.usage_batches ? `, ${origin.usage_batches} usage batches (${origin.usage_admitted} admitted)` : ""}${problems.length ? `  PROBLEM: ${problems.join("; ")}` : ""}`,
       );
     } finally {
       await mf.dispose();
@@ -398,6 +419,10 @@ function hotspots(profile, top = 30) {
   return `  busy samples: ${busy} of ${profile.samples.length}\n  self:\n${table(self)}\n  total:\n${table(total)}`;
 }
 
+function definedOnly(object) {
+  return Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined));
+}
+
 // Whether a run measured what it claims: only 200s, no errors, and the tokens the origin saw.
 async function check(worker, result, seen) {
   const problems = [];
@@ -474,6 +499,7 @@ function summarize(runs, settings) {
     keygate_no_key_vs_passthrough: cost("keygate-no-jwt", "passthrough"),
     keygate_vs_passthrough: cost("keygate", "passthrough"),
     keygate_vs_compare: cost("keygate", "keygate-compare"),
+    keygate_usage: cost("keygate", "keygate-no-usage"),
   };
   for (const key of Object.keys(derived)) if (!derived[key]) delete derived[key];
   const { webcrypto_es256_sign: wc, keygate_sign: keygate } = derived;
@@ -486,7 +512,7 @@ function summarize(runs, settings) {
   // shown too, and the runtime's CPU per request, which the host's noise moves less (though not by
   // nothing: see the steal column).
   const p1 = {};
-  for (const name of ["keygate", "keygate-no-jwt", "keygate-compare"]) {
+  for (const name of ["keygate", "keygate-no-jwt", "keygate-no-usage", "keygate-compare"]) {
     const [m, b] = [workers[name], workers.passthrough];
     if (!m || !b) continue;
     const rounds = m.runs
@@ -560,6 +586,7 @@ function report(summary) {
     keygate_no_key_vs_passthrough: "keygate without signing, vs pass-through",
     keygate_vs_passthrough: "keygate as deployed (JWT reused), vs pass-through",
     keygate_vs_compare: "this build, vs the build in EDGE_BENCH_COMPARE",
+    keygate_usage: "usage counting and its flushes, vs none",
   };
   for (const [key, c] of Object.entries(derived)) {
     if (typeof c !== "object") continue;
