@@ -16,6 +16,8 @@
 //!   revoked, disabled or expired the client's socket closes with 4403, and the origin's with it.
 //! - **Closing**: a close on one side closes the other with the same code (see
 //!   [`relayable_close`]); an error on one side closes the other; nothing outlives its peer.
+//! - **Usage** ([`crate::usage`]): the upgrade's key check (header or `connection_init`) counts as
+//!   one request without an operation, each checked operation as one request with its name.
 //!
 //! The origin's messages are not read: they go to the client from the runtime's own event callback
 //! ([`OriginPassage`]), as the runtime's value, without becoming Rust text or waking the relay's task.
@@ -44,6 +46,8 @@ use crate::graphql_ws::{
     INIT_TIMEOUT_MS, MAX_MESSAGE,
 };
 use crate::request_url::{path_and_query, query_pairs};
+use crate::usage::flush::count_request;
+use crate::usage::NotingRecords;
 use crate::worker::{
     blocked_client, client_address, graphql_error, json_response, now, origin_headers, records_kv, remember, tiers,
     KvDocuments, RecentKv, FAILED, LIMITER, WS_MESSAGES_PER_SEC,
@@ -133,9 +137,11 @@ async fn upgrade_key(
     key: Option<&String>,
     query: &[(String, String)],
 ) -> Result<std::result::Result<Opened, Response>> {
-    let records = RecentKv(records_kv(env)?);
+    let records = NotingRecords::new(RecentKv(records_kv(env)?));
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
-    match check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await {
+    let checked = check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await;
+    count_request(None, key.map(String::as_str), records.found(), &checked);
+    match checked {
         Ok(admitted) => match connect_origin(env, upgrade, &admitted.record).await {
             Some(origin) => {
                 origin.accept()?;
@@ -345,9 +351,11 @@ async fn init_key(
             return None;
         }
     };
-    let records = RecentKv(records_kv(env).ok()?);
+    let records = NotingRecords::new(RecentKv(records_kv(env).ok()?));
     let admit = |id, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(id, limit, at));
-    let admitted = match check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await {
+    let checked = check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await;
+    count_request(None, Some(&key), records.found(), &checked);
+    let admitted = match checked {
         Ok(admitted) => admitted,
         Err(refused) => {
             let (code, reason) = match refused {
@@ -497,7 +505,10 @@ impl Relay<'_> {
         let incoming = Incoming { method: "POST", api_key: Some(self.key), query: &[], body: payload };
         let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
         let tiers = tiers(self.env);
-        let admitted = check(&incoming, &RecentKv(kv.clone()), &KvDocuments(kv.clone()), admit, &tiers, now()).await?;
+        let records = NotingRecords::new(RecentKv(kv.clone()));
+        let checked = check(&incoming, &records, &KvDocuments(kv.clone()), admit, &tiers, now()).await;
+        count_request(None, Some(self.key), records.found(), &checked);
+        let admitted = checked?;
         if !admitted.registrations.is_empty() {
             remember(kv, admitted.registrations).await;
         }
