@@ -234,7 +234,7 @@ async fn check_request(request: web_sys::Request, env: Env, ctx: Context, body_b
     let incoming = Incoming { method: &method, api_key: api_key.as_deref(), query: &query, body: &body };
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
     let checked = check(&incoming, &records, &documents, admit, &tiers(&env), now()).await;
-    count_request(Some(&ctx), api_key.as_deref(), records.found(), &checked);
+    count_request(&ctx, api_key.as_deref(), records.found(), &checked);
     let mut admitted = match checked {
         Ok(admitted) => admitted,
         Err(refused) => {

@@ -34,8 +34,8 @@ use keygate_shared::{KeyRecord, ParsedKey};
 use worker::wasm_bindgen::closure::Closure;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{
-    console_error, js_sys, wasm_bindgen_futures, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-    Result, WebSocket, WebSocketPair, WebsocketEvent,
+    console_error, js_sys, wasm_bindgen_futures, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response, Result, WebSocket, WebSocketPair, WebsocketEvent,
 };
 use zeroize::Zeroizing;
 
@@ -68,6 +68,8 @@ struct Upgrade {
     headers: Vec<(String, String)>,
     /// The client's address, for the failed-attempts limit.
     client: String,
+    /// The upgrade's context: usage is flushed in its `wait_until`, which the open socket keeps alive.
+    ctx: Context,
 }
 
 /// The socket's key, and the origin's end once it is open.
@@ -86,7 +88,7 @@ fn good_until_ms(key: &str, record: &KeyRecord) -> f64 {
 }
 
 /// Answers a WebSocket upgrade: a refusal, or a 101 whose socket the relay then serves.
-pub async fn open(request: Request, env: Env) -> Result<Response> {
+pub async fn open(request: Request, env: Env, ctx: Context) -> Result<Response> {
     if request.method() != Method::Get {
         return graphql_error(405, "METHOD_NOT_ALLOWED", "a WebSocket upgrade is a GET request");
     }
@@ -107,7 +109,7 @@ pub async fn open(request: Request, env: Env) -> Result<Response> {
     let url = request.inner().url();
     let query = query_pairs(path_and_query(&url));
     let headers = request.headers().entries().filter(|(name, _)| forwards_upgrade_header(name)).collect();
-    let upgrade = Upgrade { protocol, target: origin_target(&env, path_and_query(&url))?, headers, client };
+    let upgrade = Upgrade { protocol, target: origin_target(&env, path_and_query(&url))?, headers, client, ctx };
     let header_key = request.headers().get("X-API-Key")?.map(Zeroizing::new);
 
     // A key in the header (or the URL, refused) is checked before any socket opens; without one, the
@@ -140,7 +142,7 @@ async fn upgrade_key(
     let records = NotingRecords::new(RecentKv(records_kv(env)?));
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
     let checked = check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await;
-    count_request(None, key.map(String::as_str), records.found(), &checked);
+    count_request(&upgrade.ctx, key.map(String::as_str), records.found(), &checked);
     match checked {
         Ok(admitted) => match connect_origin(env, upgrade, &admitted.record).await {
             Some(origin) => {
@@ -233,6 +235,7 @@ async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Ope
     let relay = Relay {
         env: &env,
         protocol: upgrade.protocol,
+        ctx: &upgrade.ctx,
         key: &key,
         client: &client,
         origin: &origin,
@@ -354,7 +357,7 @@ async fn init_key(
     let records = NotingRecords::new(RecentKv(records_kv(env).ok()?));
     let admit = |id, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(id, limit, at));
     let checked = check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await;
-    count_request(None, Some(&key), records.found(), &checked);
+    count_request(&upgrade.ctx, Some(&key), records.found(), &checked);
     let admitted = match checked {
         Ok(admitted) => admitted,
         Err(refused) => {
@@ -412,6 +415,7 @@ const CLIENT_REFUSED: &str = "the client was refused by the edge";
 /// One open relay between a client and the origin.
 struct Relay<'a> {
     env: &'a Env,
+    ctx: &'a Context,
     protocol: Subprotocol,
     key: &'a Zeroizing<String>,
     client: &'a WebSocket,
@@ -507,7 +511,7 @@ impl Relay<'_> {
         let tiers = tiers(self.env);
         let records = NotingRecords::new(RecentKv(kv.clone()));
         let checked = check(&incoming, &records, &KvDocuments(kv.clone()), admit, &tiers, now()).await;
-        count_request(None, Some(self.key), records.found(), &checked);
+        count_request(self.ctx, Some(self.key), records.found(), &checked);
         let admitted = checked?;
         if !admitted.registrations.is_empty() {
             remember(kv, admitted.registrations).await;

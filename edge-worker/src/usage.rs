@@ -21,8 +21,6 @@
 //!
 //! Time and the batch id's randomness are parameters; nothing here panics.
 
-use std::collections::BTreeMap;
-
 use keygate_shared::sync::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use keygate_shared::usage::{
     self, OperationCount, UsageBatch, UsageRow, BATCH_ID_LEN, MAX_OPERATIONS_PER_ROW, MAX_ROWS_PER_BATCH,
@@ -235,8 +233,9 @@ impl Delivery {
 #[derive(Debug, Default)]
 pub struct UsageCounter {
     policy: Policy,
-    /// Counts by (minute, key): the oldest minutes go first.
-    rows: BTreeMap<(i64, KeyId), Counts>,
+    /// Counts by (minute, key), sorted so that the oldest minutes go first. A sorted `Vec` rather than
+    /// a `BTreeMap`: far less code in the worker, and new rows go near its end (this minute's).
+    rows: Vec<((i64, KeyId), Counts)>,
     /// The events `rows` holds.
     events: u64,
     /// About the bytes `rows` and `unsent` take.
@@ -269,14 +268,19 @@ impl UsageCounter {
         let now = now_ms.div_euclid(1000);
         let minute = now - now.rem_euclid(60);
         let slot = (minute, key_id);
-        if !self.rows.contains_key(&slot) {
-            if self.bytes.saturating_add(ROW_BYTES) > self.policy.memory_cap {
-                self.dropped = self.dropped.saturating_add(1);
-                return;
+        let at = match self.rows.binary_search_by(|(held, _)| held.cmp(&slot)) {
+            Ok(at) => at,
+            Err(at) => {
+                if self.bytes.saturating_add(ROW_BYTES) > self.policy.memory_cap {
+                    self.dropped = self.dropped.saturating_add(1);
+                    return;
+                }
+                self.bytes = self.bytes.saturating_add(ROW_BYTES);
+                self.rows.insert(at, (slot, Counts::default()));
+                at
             }
-            self.bytes = self.bytes.saturating_add(ROW_BYTES);
-        }
-        let counts = self.rows.entry(slot).or_default();
+        };
+        let Some((_, counts)) = self.rows.get_mut(at) else { return };
         self.events = self.events.saturating_add(1);
         let count = match outcome {
             Outcome::Admitted => &mut counts.admitted,
@@ -336,8 +340,7 @@ impl UsageCounter {
         let mut rows = Vec::new();
         let mut events = 0u64;
         let mut freed = 0usize;
-        while rows.len() < MAX_ROWS_PER_BATCH {
-            let Some(((minute, key_id), counts)) = self.rows.pop_first() else { break };
+        for ((minute, key_id), counts) in self.rows.drain(..self.rows.len().min(MAX_ROWS_PER_BATCH)) {
             events = events.saturating_add(counts.events());
             freed += ROW_BYTES + counts.operations.iter().map(|op| OPERATION_BYTES + op.name.len()).sum::<usize>();
             rows.push(counts.into_row(key_id, minute));

@@ -344,7 +344,7 @@ pub fn fetch(request: web_sys::Request, env: Env, ctx: worker::worker_sys::Conte
     }
     let upgrade = request.headers().get("upgrade").ok().flatten();
     if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        return in_task(crate::relay::open(request.into(), env));
+        return in_task(crate::relay::open(request.into(), env, worker::Context::new(ctx)));
     }
     crate::forward::answer(request, env, ctx.into())
 }

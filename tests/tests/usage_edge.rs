@@ -23,7 +23,9 @@ use keygate_shared::sync::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use keygate_shared::usage::{self, UsageBatch, USAGE_PATH};
 use keygate_shared::{ApiKey, KeyId, KeyRecord, KeySecret, PermissionSet, Prefix, Region, SecretEntry, SyncSecret};
 use rand_core::OsRng;
+use serde_json::json;
 use support::edge::{push, through_edge, Edge};
+use support::graphql_node::{NodeClient, NodeOrigin};
 use support::origin::start_origin;
 use support::{now, MUTATION, QUERY, SYNC_SECRET};
 
@@ -329,4 +331,37 @@ async fn a_batch_refused_past_the_bound_is_dropped_and_the_next_batch_says_so() 
     let counted = totals(&delivered, reader.key_id()).counts;
     assert_eq!(counted[0] + lost, sent, "every request is either counted or reported dropped");
     assert_eq!(&counted[1..], [0, 0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_counts_its_upgrade_and_each_operation() {
+    let subscriber = new_key();
+    let origin = NodeOrigin::start();
+    let (receiver, receiver_url) = Receiver::start(Answer::Up).await;
+    let vars = [("FAILED_ATTEMPTS_PER_MINUTE", "0")];
+    let edge = Edge::start_reporting_usage("usage-ws", &origin.url, &receiver_url, &vars);
+    let records = vec![record(&subscriber, "default", &["subscription:read"], false)];
+    assert_eq!(push(&edge, records, now(), SYNC_SECRET).await.0, 200, "{}", edge.log());
+    let url = format!("{}/graphql", edge.url.replacen("http", "ws", 1));
+    let ticks = json!({"id": "s", "query": "subscription Ticks { ticks(intervalMs: 20) }", "take": 1});
+
+    // The key in the upgrade's header: a mutation it may not send, then a subscription.
+    let mutation = json!({"id": "m", "query": "mutation Bump { bump }"});
+    let events = NodeClient::run(&json!({"url": url, "protocol": "graphql-transport-ws", "timeoutMs": 10_000,
+        "headers": {"X-API-Key": subscriber.expose()}, "operations": [mutation, ticks]}));
+    let kinds: Vec<&str> =
+        events.iter().filter_map(|e| e["event"].as_str()).filter(|k| *k == "next" || *k == "error").collect();
+    assert_eq!(kinds, ["error", "next"], "{events:?}");
+    // The key in connection_init (legacy protocol), a subscription.
+    let events = NodeClient::run(&json!({"url": url, "protocol": "graphql-ws", "timeoutMs": 10_000,
+        "connectionParams": {"X-API-Key": subscriber.expose()}, "operations": [ticks]}));
+    assert_eq!(events.iter().filter(|e| e["event"] == "next").count(), 1, "{events:?}");
+
+    // Each socket's key check is a request without an operation; each subscribe one with its name.
+    let delivered = receiver.until_delivered(5, &edge).await;
+    assert_eq!(
+        totals(&delivered, subscriber.key_id()),
+        Totals { counts: [4, 1, 0, 0], operations: [("Ticks".to_owned(), 2)].into() },
+        "{delivered:?}"
+    );
 }

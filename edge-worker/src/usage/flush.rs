@@ -1,15 +1,13 @@
 //! The worker's side of usage reporting: the isolate's [`UsageCounter`], fed by the request paths,
-//! and its batches posted to `{CONTROL_PLANE_URL}/_keygate/usage`, never on a request's way: an HTTP
-//! request's flush runs in `ctx.wait_until`, a WebSocket's in the socket's own task. Without
-//! `CONTROL_PLANE_URL` nothing is counted.
+//! and its batches posted to `{CONTROL_PLANE_URL}/_keygate/usage`, never on a request's way: in the
+//! request's `ctx.wait_until` (a WebSocket's upgrade keeps its context while the socket is open).
+//! Without `CONTROL_PLANE_URL` nothing is counted.
 
 use std::cell::RefCell;
 
 use keygate_shared::usage::USAGE_PATH;
 use keygate_shared::SyncSecret;
-use worker::{
-    console_error, js_sys, wasm_bindgen_futures, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
-};
+use worker::{console_error, js_sys, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit};
 
 use super::{outcome, Delivery, Outgoing, Policy, UsageCounter};
 use crate::check::{Admitted, Refused};
@@ -56,10 +54,9 @@ pub(crate) fn configure(env: &Env) {
 }
 
 /// Counts a checked request (see [`super::outcome`]) and starts a flush if one is due, or a timer for
-/// the next one: in `ctx.wait_until` for an HTTP request, as a task of its own for a WebSocket
-/// (`ctx` `None`: the socket keeps the request alive). `record_found` is [`super::NotingRecords::found`].
+/// the next one, in `ctx.wait_until`. `record_found` is [`super::NotingRecords::found`].
 pub(crate) fn count_request(
-    ctx: Option<&Context>,
+    ctx: &Context,
     api_key: Option<&str>,
     record_found: bool,
     checked: &Result<Admitted, Refused>,
@@ -76,10 +73,8 @@ pub(crate) fn count_request(
             None => report.counter.arm_timer(now).map(Step::Wait),
         }
     });
-    let Some(step) = due else { return };
-    match ctx {
-        Some(ctx) => ctx.wait_until(flush(step)),
-        None => wasm_bindgen_futures::spawn_local(flush(step)),
+    if let Some(step) = due {
+        ctx.wait_until(flush(step));
     }
 }
 
