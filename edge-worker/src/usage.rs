@@ -112,6 +112,9 @@ pub struct Policy {
     /// A send that has not finished this long after it started is taken as failed (ms): the runtime
     /// may cancel it without telling.
     pub send_timeout_ms: i64,
+    /// The most bytes a batch's body may take: rows past it go in the next batch, due at once. The
+    /// control plane takes request bodies up to 64 KiB.
+    pub max_batch_bytes: usize,
     /// About how many bytes the counts and the unsent batch may take.
     pub memory_cap: usize,
 }
@@ -125,15 +128,20 @@ impl Default for Policy {
             first_backoff_ms: 1_000,
             max_backoff_ms: 30_000,
             send_timeout_ms: 30_000,
-            memory_cap: 2 * 1024 * 1024,
+            max_batch_bytes: 60 * 1024,
+            memory_cap: 1024 * 1024,
         }
     }
 }
 
-/// About what a row takes, in memory and in the batch's JSON, before its operations' names.
-const ROW_BYTES: usize = 192;
-/// About what an operation's count takes besides its name.
-const OPERATION_BYTES: usize = 32;
+/// What a row takes at most in the batch's JSON (with 20-digit counts and an `(other)` count), and
+/// about what it takes in memory, before its named operations.
+const ROW_BYTES: usize = 288;
+/// What an operation's count takes at most in the JSON besides its name (a GraphQL name needs no
+/// escaping), and about what it takes in memory.
+const OPERATION_BYTES: usize = 48;
+/// What a batch's JSON takes besides its rows, at most.
+const BATCH_BYTES: usize = 96;
 
 /// One key's counts in one minute.
 #[derive(Debug, Default, Clone)]
@@ -149,6 +157,12 @@ struct Counts {
 }
 
 impl Counts {
+    /// What the row takes: at most in the batch's JSON, about in memory.
+    fn bytes(&self) -> usize {
+        let operations: usize = self.operations.iter().map(|op| OPERATION_BYTES + op.name.len()).sum();
+        ROW_BYTES + operations
+    }
+
     fn events(&self) -> u64 {
         self.admitted.saturating_add(self.forbidden).saturating_add(self.rate_limited).saturating_add(self.refused)
     }
@@ -311,10 +325,10 @@ impl UsageCounter {
     }
 
     /// The batch to post now, if a flush is due and none is under way: the unsent batch again once its
-    /// backoff has passed, else, with none unsent, a new batch
-    /// cut from the counts when [`Policy::flush_every_ms`] has passed since the last one or
-    /// [`Policy::flush_events`] events wait. `random` gives the new batch's id (`None` if the system's
-    /// randomness failed: the flush waits).
+    /// backoff has passed; else, with none unsent, a new batch cut from the counts when
+    /// [`Policy::flush_every_ms`] has passed since the last one or [`Policy::flush_events`] events
+    /// wait. `random` gives the new batch's id (`None` if the system's randomness failed: the flush
+    /// waits).
     pub fn take_due(&mut self, now_ms: i64, random: impl FnOnce() -> Option<[u8; 16]>) -> Option<Outgoing> {
         if let Some(since) = self.unsent.as_ref().and_then(|unsent| unsent.sending_since) {
             if now_ms.saturating_sub(since) < self.policy.send_timeout_ms {
@@ -337,17 +351,28 @@ impl UsageCounter {
             return None;
         }
         let batch_id = hex(&random()?);
-        let mut rows = Vec::new();
+        // The oldest rows, as many as the batch's limits allow (at least one).
+        let mut size = BATCH_BYTES;
+        let mut taken = 0;
+        for (_, counts) in &self.rows {
+            let row = counts.bytes();
+            if taken == MAX_ROWS_PER_BATCH || (taken > 0 && size + row > self.policy.max_batch_bytes) {
+                break;
+            }
+            size += row;
+            taken += 1;
+        }
+        let mut rows = Vec::with_capacity(taken);
         let mut events = 0u64;
-        let mut freed = 0usize;
-        for ((minute, key_id), counts) in self.rows.drain(..self.rows.len().min(MAX_ROWS_PER_BATCH)) {
+        for ((minute, key_id), counts) in self.rows.drain(..taken) {
             events = events.saturating_add(counts.events());
-            freed += ROW_BYTES + counts.operations.iter().map(|op| OPERATION_BYTES + op.name.len()).sum::<usize>();
             rows.push(counts.into_row(key_id, minute));
         }
         self.events = self.events.saturating_sub(events);
-        self.bytes = self.bytes.saturating_sub(freed);
-        self.last_flush_ms = Some(now_ms);
+        self.bytes = self.bytes.saturating_sub(size - BATCH_BYTES);
+        // Rows left behind are due as soon as this batch is through.
+        let due_again = if self.rows.is_empty() { now_ms } else { now_ms.saturating_sub(self.policy.flush_every_ms) };
+        self.last_flush_ms = Some(due_again);
         let batch = UsageBatch { batch_id, rows, dropped: std::mem::take(&mut self.dropped) };
         let events = events.saturating_add(batch.dropped);
         let Ok(body) = serde_json::to_vec(&batch) else {

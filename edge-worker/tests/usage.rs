@@ -245,7 +245,8 @@ fn memory_is_capped_new_rows_past_it_are_dropped_and_counted() {
 
 #[test]
 fn a_batch_carries_at_most_the_row_limit_and_the_rest_goes_next() {
-    let mut counter = UsageCounter::new(Policy { memory_cap: usize::MAX, ..Policy::default() });
+    let policy = Policy { memory_cap: usize::MAX, max_batch_bytes: usize::MAX, ..Policy::default() };
+    let mut counter = UsageCounter::new(policy);
     let keys = MAX_ROWS_PER_BATCH as u128 + 7;
     for n in 0..keys {
         counter.record(id(n), Outcome::Admitted, NONE, T0);
@@ -295,4 +296,32 @@ fn the_headers_carry_a_usage_signature_the_control_plane_verifies() {
     let (timestamp, signature) = (&headers[1].1, &headers[2].1);
     assert_eq!(usage::verify(&secret, timestamp, signature, &outgoing.body, now), Ok(now));
     assert!(usage::verify(&SyncSecret::new("another"), timestamp, signature, &outgoing.body, now).is_err());
+}
+
+#[test]
+fn a_batch_stays_within_the_body_limit_and_the_rest_is_due_at_once() {
+    let policy = Policy { memory_cap: usize::MAX, ..Policy::default() };
+    let mut counter = UsageCounter::new(policy);
+    let names: Vec<String> = (0..MAX_OPERATIONS_PER_ROW + 3).map(|n| format!("Operation{n:0>119}")).collect();
+    for n in 0..400 {
+        // Counts as large as they come, and full rows of the longest names.
+        for _ in 0..3 {
+            counter.record(id(n), Outcome::Admitted, names.iter().map(|n| Some(n.as_str())), T0);
+        }
+        counter.record(id(n), Outcome::Refused, NONE, T0);
+    }
+    let mut now = T0 + 10_000;
+    let mut batches = 0;
+    let mut counted = 0;
+    while let Some(outgoing) = counter.take_due(now, random()) {
+        assert!(outgoing.body.len() <= policy.max_batch_bytes, "{} bytes", outgoing.body.len());
+        let sent = batch(&outgoing);
+        counted += sent.rows.iter().map(|r| r.admitted + r.refused).sum::<u64>();
+        counter.finished(&outgoing.batch_id, Delivery::Delivered, now + 10);
+        now += 20;
+        batches += 1;
+    }
+    assert!(batches > 1, "the rows did not fit one batch");
+    assert_eq!((counted, counter.waiting(), counter.dropped()), (1_600, 0, 0), "all went, one batch after the other");
+    assert_eq!(counter.bytes(), 0);
 }
