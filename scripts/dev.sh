@@ -39,7 +39,7 @@ sed -e 's|^command = .*||' -e 's|^\[build\]||' wrangler.toml > data/wrangler.dev
 sed -i "s|^main = .*|main = \"$PWD/edge-worker/build/index.js\"|" data/wrangler.dev.toml
 (cd data && exec "$WRANGLER" dev --config wrangler.dev.toml --ip 127.0.0.1 --port "$edge_port" \
   --persist-to wrangler-state --var "ORIGIN_URL:$origin" --var "SYNC_SECRET:$sync_secret" \
-  --var "ORIGIN_SECRET:$origin_secret" > wrangler.log 2>&1) &
+  --var "ORIGIN_SECRET:$origin_secret" --var "CONTROL_PLANE_URL:http://$control" > wrangler.log 2>&1) &
 pids+=($!)
 wait_for() { for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "$1 did not come up" >&2; exit 1; }
 wait_for "$edge/"

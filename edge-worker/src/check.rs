@@ -63,6 +63,8 @@ pub struct Admitted {
     pub remaining: u32,
     /// Documents the request sent with their matching hash, as `(hash, document)`: to remember.
     pub registrations: Vec<(String, String)>,
+    /// The name of each operation it runs (`None` if anonymous), for usage counts; none for an upgrade.
+    pub operation_names: Vec<Option<String>>,
 }
 
 /// Why a request is refused; each maps to one status and one GraphQL-shaped body.
@@ -165,11 +167,12 @@ pub async fn check<R: RecordSource, D: DocumentSource>(
         rate_limit(&record, admit, tiers, now)?;
         return Err(Refused::PersistedQueryNotFound { batch: body.is_batch().then(|| body.len()) });
     }
-    let operations = body.operations().map_err(Refused::BadRequest)?;
+    let (operations, operation_names): (Vec<_>, Vec<_>) =
+        body.named_operations().map_err(Refused::BadRequest)?.into_iter().unzip();
     record.permissions.check_request(&operations, body.is_batch()).map_err(Refused::Forbidden)?;
 
     let (limit, remaining) = rate_limit(&record, admit, tiers, now)?;
-    Ok(Admitted { record, limit, remaining, registrations: body.registrations() })
+    Ok(Admitted { record, limit, remaining, registrations: body.registrations(), operation_names })
 }
 
 /// The rate limiter's answer for the key `record` describes: the window's limit and what is left,
@@ -198,7 +201,7 @@ pub async fn check_key<R: RecordSource>(
 ) -> Result<Admitted, Refused> {
     let record = authenticate(api_key, query, records, now).await?;
     let (limit, remaining) = rate_limit(&record, admit, tiers, now)?;
-    Ok(Admitted { record, limit, remaining, registrations: vec![] })
+    Ok(Admitted { record, limit, remaining, registrations: vec![], operation_names: vec![] })
 }
 
 /// Apollo's answer for an unknown persisted query, one per entry of a batch.

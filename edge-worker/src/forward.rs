@@ -30,6 +30,8 @@ use worker::{js_sys, Context, Env, Result};
 use crate::check::{check, refusal_response, Incoming, Refused};
 use crate::identity::forwards_client_header;
 use crate::request_url::{path_and_query, query_pairs};
+use crate::usage::flush::count_request;
+use crate::usage::NotingRecords;
 use crate::worker::{
     blocked_client, graphql_error, json_response, now, origin_token, records_kv, remember, tiers, with_identity,
     KvDocuments, RecentKv, CLIENT_ADDRESS_HEADER, FAILED, LIMITER,
@@ -227,11 +229,13 @@ async fn check_request(request: web_sys::Request, env: Env, ctx: Context, body_b
         return Ok(Step::Answer(response.into()));
     }
     let kv = records_kv(&env)?;
-    let records = RecentKv(kv.clone());
+    let records = NotingRecords::new(RecentKv(kv.clone()));
     let documents = KvDocuments(kv.clone());
     let incoming = Incoming { method: &method, api_key: api_key.as_deref(), query: &query, body: &body };
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
-    let mut admitted = match check(&incoming, &records, &documents, admit, &tiers(&env), now()).await {
+    let checked = check(&incoming, &records, &documents, admit, &tiers(&env), now()).await;
+    count_request(&ctx, api_key.as_deref(), records.found(), &checked);
+    let mut admitted = match checked {
         Ok(admitted) => admitted,
         Err(refused) => {
             if refused == Refused::BadKey {

@@ -185,11 +185,17 @@ impl GraphqlBody {
 
     /// The type of each operation it would run, in order.
     pub fn operations(&self) -> Result<Vec<OperationKind>, ClassifyError> {
+        Ok(self.named_operations()?.into_iter().map(|(kind, _)| kind).collect())
+    }
+
+    /// The type and name of each operation it would run, in order (the name `None` for an anonymous
+    /// operation): what usage counts an admitted request under.
+    pub fn named_operations(&self) -> Result<Vec<(OperationKind, Option<String>)>, ClassifyError> {
         self.entries
             .iter()
             .map(|entry| {
                 let query = entry.query.as_deref().ok_or(ClassifyError::MissingQuery)?;
-                operation_kind(query, entry.operation_name.as_deref())
+                operation(query, entry.operation_name.as_deref())
             })
             .collect()
     }
@@ -197,6 +203,15 @@ impl GraphqlBody {
 
 /// The type of the operation `document` would run, chosen by `operation_name` when it has several.
 pub fn operation_kind(document: &str, operation_name: Option<&str>) -> Result<OperationKind, ClassifyError> {
+    operation(document, operation_name).map(|(kind, _)| kind)
+}
+
+/// The type and the name (`None` if anonymous) of the operation `document` would run, chosen by
+/// `operation_name` when it has several.
+pub fn operation(
+    document: &str,
+    operation_name: Option<&str>,
+) -> Result<(OperationKind, Option<String>), ClassifyError> {
     let tree = Parser::new(document).recursion_limit(RECURSION_LIMIT).token_limit(TOKEN_LIMIT).parse();
     if tree.errors().len() > 0 {
         return Err(ClassifyError::Unparsable);
@@ -218,13 +233,14 @@ pub fn operation_kind(document: &str, operation_name: Option<&str>) -> Result<Op
             .find(|operation| operation.name().is_some_and(|n| n.text() == name))
             .ok_or(ClassifyError::NoOperation)?,
     };
-    Ok(match chosen.operation_type() {
+    let kind = match chosen.operation_type() {
         // The `{ ... }` shorthand is a query.
         None => OperationKind::Query,
         Some(kind) if kind.mutation_token().is_some() => OperationKind::Mutation,
         Some(kind) if kind.subscription_token().is_some() => OperationKind::Subscription,
         Some(_) => OperationKind::Query,
-    })
+    };
+    Ok((kind, chosen.name().map(|name| name.text().to_string())))
 }
 
 #[cfg(test)]
@@ -248,6 +264,9 @@ mod tests {
         assert_eq!(operation_kind(doc, Some("Read")), Ok(Query));
         assert_eq!(operation_kind(doc, None), Err(ClassifyError::NoOperation));
         assert_eq!(operation_kind(doc, Some("Other")), Err(ClassifyError::NoOperation));
+        assert_eq!(operation(doc, Some("Write")), Ok((Mutation, Some("Write".to_owned()))));
+        assert_eq!(operation("query Only { a }", None), Ok((Query, Some("Only".to_owned()))));
+        assert_eq!(operation("{ a }", None), Ok((Query, None)));
         // A mutation cannot hide behind a misleading field or alias name.
         assert_eq!(operation_kind("mutation { query: deleteAll { id } }", None), Ok(Mutation));
     }

@@ -16,6 +16,7 @@ mod relay;
 pub mod replica;
 pub mod request_url;
 pub mod signing_keys;
+pub mod usage;
 #[cfg(target_arch = "wasm32")]
 mod worker;
 

@@ -16,6 +16,8 @@
 //!   revoked, disabled or expired the client's socket closes with 4403, and the origin's with it.
 //! - **Closing**: a close on one side closes the other with the same code (see
 //!   [`relayable_close`]); an error on one side closes the other; nothing outlives its peer.
+//! - **Usage** ([`crate::usage`]): the upgrade's key check (header or `connection_init`) counts as
+//!   one request without an operation, each checked operation as one request with its name.
 //!
 //! The origin's messages are not read: they go to the client from the runtime's own event callback
 //! ([`OriginPassage`]), as the runtime's value, without becoming Rust text or waking the relay's task.
@@ -32,8 +34,8 @@ use keygate_shared::{KeyRecord, ParsedKey};
 use worker::wasm_bindgen::closure::Closure;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{
-    console_error, js_sys, wasm_bindgen_futures, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-    Result, WebSocket, WebSocketPair, WebsocketEvent,
+    console_error, js_sys, wasm_bindgen_futures, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response, Result, WebSocket, WebSocketPair, WebsocketEvent,
 };
 use zeroize::Zeroizing;
 
@@ -44,6 +46,8 @@ use crate::graphql_ws::{
     INIT_TIMEOUT_MS, MAX_MESSAGE,
 };
 use crate::request_url::{path_and_query, query_pairs};
+use crate::usage::flush::count_request;
+use crate::usage::NotingRecords;
 use crate::worker::{
     blocked_client, client_address, graphql_error, json_response, now, origin_headers, records_kv, remember, tiers,
     KvDocuments, RecentKv, FAILED, LIMITER, WS_MESSAGES_PER_SEC,
@@ -64,6 +68,8 @@ struct Upgrade {
     headers: Vec<(String, String)>,
     /// The client's address, for the failed-attempts limit.
     client: String,
+    /// The upgrade's context: usage is flushed in its `wait_until`, which the open socket keeps alive.
+    ctx: Context,
 }
 
 /// The socket's key, and the origin's end once it is open.
@@ -82,7 +88,7 @@ fn good_until_ms(key: &str, record: &KeyRecord) -> f64 {
 }
 
 /// Answers a WebSocket upgrade: a refusal, or a 101 whose socket the relay then serves.
-pub async fn open(request: Request, env: Env) -> Result<Response> {
+pub async fn open(request: Request, env: Env, ctx: Context) -> Result<Response> {
     if request.method() != Method::Get {
         return graphql_error(405, "METHOD_NOT_ALLOWED", "a WebSocket upgrade is a GET request");
     }
@@ -103,7 +109,7 @@ pub async fn open(request: Request, env: Env) -> Result<Response> {
     let url = request.inner().url();
     let query = query_pairs(path_and_query(&url));
     let headers = request.headers().entries().filter(|(name, _)| forwards_upgrade_header(name)).collect();
-    let upgrade = Upgrade { protocol, target: origin_target(&env, path_and_query(&url))?, headers, client };
+    let upgrade = Upgrade { protocol, target: origin_target(&env, path_and_query(&url))?, headers, client, ctx };
     let header_key = request.headers().get("X-API-Key")?.map(Zeroizing::new);
 
     // A key in the header (or the URL, refused) is checked before any socket opens; without one, the
@@ -133,9 +139,11 @@ async fn upgrade_key(
     key: Option<&String>,
     query: &[(String, String)],
 ) -> Result<std::result::Result<Opened, Response>> {
-    let records = RecentKv(records_kv(env)?);
+    let records = NotingRecords::new(RecentKv(records_kv(env)?));
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
-    match check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await {
+    let checked = check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await;
+    count_request(&upgrade.ctx, key.map(String::as_str), records.found(), &checked);
+    match checked {
         Ok(admitted) => match connect_origin(env, upgrade, &admitted.record).await {
             Some(origin) => {
                 origin.accept()?;
@@ -227,6 +235,7 @@ async fn serve(env: Env, upgrade: Upgrade, client: WebSocket, opened: Option<Ope
     let relay = Relay {
         env: &env,
         protocol: upgrade.protocol,
+        ctx: &upgrade.ctx,
         key: &key,
         client: &client,
         origin: &origin,
@@ -345,9 +354,11 @@ async fn init_key(
             return None;
         }
     };
-    let records = RecentKv(records_kv(env).ok()?);
+    let records = NotingRecords::new(RecentKv(records_kv(env).ok()?));
     let admit = |id, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(id, limit, at));
-    let admitted = match check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await {
+    let checked = check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await;
+    count_request(&upgrade.ctx, Some(&key), records.found(), &checked);
+    let admitted = match checked {
         Ok(admitted) => admitted,
         Err(refused) => {
             let (code, reason) = match refused {
@@ -404,6 +415,7 @@ const CLIENT_REFUSED: &str = "the client was refused by the edge";
 /// One open relay between a client and the origin.
 struct Relay<'a> {
     env: &'a Env,
+    ctx: &'a Context,
     protocol: Subprotocol,
     key: &'a Zeroizing<String>,
     client: &'a WebSocket,
@@ -497,7 +509,10 @@ impl Relay<'_> {
         let incoming = Incoming { method: "POST", api_key: Some(self.key), query: &[], body: payload };
         let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
         let tiers = tiers(self.env);
-        let admitted = check(&incoming, &RecentKv(kv.clone()), &KvDocuments(kv.clone()), admit, &tiers, now()).await?;
+        let records = NotingRecords::new(RecentKv(kv.clone()));
+        let checked = check(&incoming, &records, &KvDocuments(kv.clone()), admit, &tiers, now()).await;
+        count_request(self.ctx, Some(self.key), records.found(), &checked);
+        let admitted = checked?;
         if !admitted.registrations.is_empty() {
             remember(kv, admitted.registrations).await;
         }

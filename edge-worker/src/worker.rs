@@ -11,6 +11,11 @@
 //! client may send a second, after a burst of twice that; 100 by default, 0 for no limit);
 //! secrets `SYNC_SECRET` (required) and `ORIGIN_SECRET` (signs the identity headers).
 //!
+//! Usage ([`crate::usage`]): var `CONTROL_PLANE_URL` (the control plane's base URL; unset, nothing is
+//! counted) and `USAGE_RETRY_SECS` (how long a batch that did not get through is retried before its
+//! counts are dropped and reported as dropped; 300 by default). Reports are posted to
+//! `{CONTROL_PLANE_URL}/_keygate/usage` off the request path, signed with a key derived from `SYNC_SECRET`.
+//!
 //! The origin's JWT (`Authorization: Bearer`, see [`crate::identity`]): vars `ORIGIN_JWT_ALG` (`ES256`,
 //! the default, signs with the control plane's key pushed to the edge and held sealed in KV under
 //! `keygate:signing-keys`; `HS256` signs with `ORIGIN_SECRET`), `ORIGIN_JWT_ISSUER` (`keygate`),
@@ -199,6 +204,7 @@ pub(crate) fn tiers(env: &Env) -> Rc<Tiers> {
             if let Some(ttl) = number_var::<u64>(env, "APQ_TTL_SECS") {
                 APQ_TTL_SECS.with(|held| held.set(ttl.max(persisted::MIN_TTL_SECS)));
             }
+            crate::usage::flush::configure(env);
             Rc::new(env.var("TIERS").ok().and_then(|v| Tiers::from_json(&v.to_string()).ok()).unwrap_or_default())
         })
         .clone()
@@ -338,7 +344,7 @@ pub fn fetch(request: web_sys::Request, env: Env, ctx: worker::worker_sys::Conte
     }
     let upgrade = request.headers().get("upgrade").ok().flatten();
     if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        return in_task(crate::relay::open(request.into(), env));
+        return in_task(crate::relay::open(request.into(), env, worker::Context::new(ctx)));
     }
     crate::forward::answer(request, env, ctx.into())
 }

@@ -17,6 +17,7 @@ use keygate_edge::graphql::ClassifyError;
 use keygate_edge::ratelimit::{RateLimiter, Tiers};
 use keygate_edge::replica::{apply_push, Applied, PushRefused, RecordStore};
 use keygate_edge::signing_keys::SigningKeyStore;
+use keygate_edge::usage::{self, NotingRecords, Outcome};
 use keygate_shared::{
     sha256_hex, ApiKey, Denial, KeyId, KeyRecord, KeySecret, OperationKind, PermissionSet, Prefix, Region,
     SealedSigningKey, SecretEntry, SyncError, SyncPayload, SyncSecret,
@@ -49,6 +50,13 @@ impl RecordSource for MemoryRecords {
             return Err(StoreFault("down".into()));
         }
         Ok(self.records.borrow().get(key_id).cloned())
+    }
+}
+
+/// Borrowed, as usage's noting wrapper holds it.
+impl RecordSource for &MemoryRecords {
+    async fn record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreFault> {
+        (*self).record(key_id).await
     }
 }
 
@@ -148,7 +156,10 @@ fn a_good_key_is_admitted_with_its_identity() {
     let edge = Edge::with(vec![record(&good, &["query:read"], "premium")]);
     let admitted = edge.post(Some(good.expose()), QUERY, NOW).unwrap();
     let expected = record(&good, &["query:read"], "premium");
-    assert_eq!(admitted, Admitted { record: expected, limit: 100, remaining: 99, registrations: vec![] });
+    assert_eq!(
+        admitted,
+        Admitted { record: expected, limit: 100, remaining: 99, registrations: vec![], operation_names: vec![None] }
+    );
 }
 
 #[test]
@@ -437,4 +448,49 @@ fn forged_stale_or_unsigned_pushes_are_refused() {
         Err(PushRefused::BadPayload)
     );
     assert!(fresh.records.borrow().is_empty(), "nothing refused was stored");
+}
+
+/// What usage makes of a request: the key and outcome it counts, if any, as the worker derives them
+/// from the check (through a record source that notes whether it found a record).
+fn counted(edge: &Edge, api_key: Option<&str>, body: &str) -> Option<(KeyId, Outcome)> {
+    let noting = NotingRecords::new(&edge.records);
+    let incoming = Incoming { method: "POST", api_key, query: &[], body: body.as_bytes() };
+    let admit = |key, limit, at| edge.limiter.borrow_mut().admit(key, limit, at);
+    let checked = run(check(&incoming, &noting, &edge.records, admit, &edge.tiers, NOW));
+    usage::outcome(api_key, noting.found(), &checked)
+}
+
+#[test]
+fn usage_counts_the_four_outcomes_and_a_401_only_for_a_known_key_id() {
+    let reader = key(1, 1);
+    let mut revoked = record(&key(2, 2), &["*"], "default");
+    revoked.revoked = true;
+    let edge = Edge::with(vec![record(&reader, &["query:read"], "default"), revoked]);
+    let id = reader.key_id();
+    assert_eq!(counted(&edge, Some(reader.expose()), QUERY), Some((id, Outcome::Admitted)));
+    assert_eq!(counted(&edge, Some(reader.expose()), MUTATION), Some((id, Outcome::Forbidden)));
+    assert_eq!(counted(&edge, Some(reader.expose()), QUERY), Some((id, Outcome::Admitted)));
+    assert_eq!(counted(&edge, Some(reader.expose()), QUERY), Some((id, Outcome::Admitted)));
+    assert_eq!(counted(&edge, Some(reader.expose()), QUERY), Some((id, Outcome::RateLimited)), "the tier's 3 a minute");
+    // Wrong secret and revoked: a record was found, so the 401 counts for its key.
+    assert_eq!(counted(&edge, Some(key(1, 9).expose()), QUERY), Some((id, Outcome::Refused)));
+    assert_eq!(counted(&edge, Some(key(2, 2).expose()), QUERY), Some((key(2, 2).key_id(), Outcome::Refused)));
+    // Unknown ids, garbage, a missing key, a bad request: nothing to count.
+    assert_eq!(counted(&edge, Some(key(7, 7).expose()), QUERY), None);
+    assert_eq!(counted(&edge, Some("garbage"), QUERY), None);
+    assert_eq!(counted(&edge, None, QUERY), None);
+    assert_eq!(counted(&edge, Some(reader.expose()), "{"), None, "a 400 counts nowhere");
+}
+
+#[test]
+fn an_admitted_request_names_each_of_its_operations() {
+    let client = key(1, 1);
+    let edge = Edge::with(vec![record(&client, &["*", "batch:3"], "premium")]);
+    let names = |body: &str| edge.post(Some(client.expose()), body, NOW).unwrap().operation_names;
+    assert_eq!(names(r#"{"query":"query GetUser { users { id } }"}"#), [Some("GetUser".to_owned())]);
+    assert_eq!(names(QUERY), [None]);
+    assert_eq!(
+        names(r#"[{"query":"query A { a } mutation B { b }","operationName":"B"},{"query":"{ a }"}]"#),
+        [Some("B".to_owned()), None]
+    );
 }

@@ -64,6 +64,13 @@ impl Edge {
         Self::start_with_options(name, origin, &EdgeOptions { vars, ..EdgeOptions::default() })
     }
 
+    /// An edge that reports usage to `control_plane` (its var `CONTROL_PLANE_URL`; without it, as every
+    /// other test starts one, the edge counts nothing), with these vars too.
+    pub fn start_reporting_usage(name: &str, origin: &str, control_plane: &str, vars: &[(&str, &str)]) -> Self {
+        let vars: Vec<(&str, &str)> = vars.iter().copied().chain([("CONTROL_PLANE_URL", control_plane)]).collect();
+        Self::start_with(name, origin, &vars)
+    }
+
     pub fn start_with_options(name: &str, origin: &str, options: &EdgeOptions<'_>) -> Self {
         let entry = built_worker();
         let tools = tools();
