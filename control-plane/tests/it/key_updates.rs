@@ -372,3 +372,29 @@ fn an_operator_updates_a_key_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("key_revoked"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_openapi_document_gives_patch_every_answer_and_no_required_field() {
+    let app = TestApp::sqlite_local("key_updates_openapi").await;
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let operation = &doc["paths"]["/admin/api-keys/{id}"]["patch"];
+    assert_eq!(operation["security"], json!([{"admin_key": ["admin:keys:write"]}]));
+    let responses = operation["responses"].as_object().unwrap();
+    let mut statuses: Vec<&str> = responses.keys().map(String::as_str).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["200", "400", "401", "403", "404", "409", "413", "415", "422", "429", "503"]);
+    for (status, response) in responses {
+        let schema = &response["content"]["application/json"]["schema"]["$ref"];
+        let expected = if status == "200" { "KeyResponse" } else { "ErrorBody" };
+        assert_eq!(schema, &json!(format!("#/components/schemas/{expected}")), "{status}: {response}");
+    }
+    let body = &doc["components"]["schemas"]["UpdateKeyRequest"];
+    assert!(body["required"].as_array().is_none_or(|r| r.is_empty()), "every field is optional: {body}");
+    let mut fields: Vec<&str> = body["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["enabled", "expires_at", "metadata", "name", "owner", "permissions", "tier"]);
+    assert_eq!(body["additionalProperties"], false, "unknown fields are refused: {body}");
+    assert_eq!(doc["components"]["schemas"]["KeyResponse"]["properties"]["enabled"]["type"], "boolean");
+    app.cleanup().await;
+}
