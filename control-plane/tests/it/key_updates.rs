@@ -1,7 +1,7 @@
 //! `PATCH /admin/api-keys/{id}` on SQLite and on PostgreSQL: every field changes and is audited with
 //! its old and new value, a disabled key is refused like a revoked one until it is enabled, every
-//! rule create enforces refuses a bad value and writes nothing, and a revoked or unknown key is
-//! refused. Also `keygate keys update` from the command line.
+//! rule create enforces refuses a bad value and writes nothing, a revoked or unknown key is refused,
+//! and changes racing on one key never leave the edge a stale record. Also `keygate keys update`.
 
 use std::process::Command;
 
@@ -280,11 +280,58 @@ async fn bad_updates_write_nothing(app: &TestApp) {
     assert_eq!(app.admin(Method::GET, &path, None).await.1["status"], "revoked");
 }
 
+/// Updates and rerolls racing on one key: each one that succeeds is replicated, the rest are told to
+/// retry, and the edge's last record is the row as it ended, whatever won (none computed from a read
+/// another change had overtaken).
+async fn racing_changes(app: &TestApp) {
+    let (_, id) = app.create_key(&["query:read"]).await;
+    let key_path = format!("/admin/api-keys/{id}");
+    let rotate_path = format!("{key_path}/rotate");
+    let patches = [
+        json!({"tier": "premium"}),
+        json!({"owner": "team-race"}),
+        json!({"permissions": ["query:read", "mutation:write"]}),
+        json!({"enabled": false}),
+        json!({"name": "raced"}),
+    ];
+    let updates = patches.into_iter().map(|body| app.admin(Method::PATCH, &key_path, Some(body)));
+    let rotations = (0..3).map(|_| app.admin(Method::POST, &rotate_path, Some(json!({"grace_period_secs": 60}))));
+    let (updated, rotated) =
+        futures_util::future::join(futures_util::future::join_all(updates), futures_util::future::join_all(rotations))
+            .await;
+    let mut won = 0;
+    for (status, body) in updated.iter().chain(&rotated) {
+        assert!(*status == StatusCode::OK || body["error"]["code"] == "conflict", "{status} {body}");
+        won += usize::from(*status == StatusCode::OK);
+    }
+    assert!(won >= 1);
+    let row = app.store.key(id.parse().unwrap()).await.unwrap().unwrap();
+    let records: Vec<KeyRecord> = app
+        .store
+        .outbox_after(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.key_id.to_string() == id)
+        .map(|r| serde_json::from_str(&r.record).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1 + won, "one record per change that won");
+    let last = records.last().unwrap();
+    assert_eq!(
+        (last.tier.as_str(), last.owner.as_deref(), last.permissions.to_strings(), last.disabled),
+        (row.tier.as_str(), row.owner.as_deref(), row.permissions.clone(), row.disabled_at.is_some()),
+        "the edge's last record is not the row"
+    );
+    assert_eq!(last.secrets.len() as i64, row.generation, "every generation still in grace is replicated");
+    assert!(app.service.audit_verify().await.unwrap().is_ok());
+}
+
 #[tokio::test]
 async fn updates_on_sqlite() {
     let app = TestApp::sqlite_local("key_updates").await;
     every_field_changes_and_is_audited(&app).await;
     bad_updates_write_nothing(&app).await;
+    racing_changes(&app).await;
     app.cleanup().await;
 }
 
@@ -293,6 +340,7 @@ async fn updates_on_postgres() {
     let app = TestApp::postgres_local("key_updates", [5; 32]).await;
     every_field_changes_and_is_audited(&app).await;
     bad_updates_write_nothing(&app).await;
+    racing_changes(&app).await;
     app.cleanup().await;
 }
 
