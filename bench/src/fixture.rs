@@ -36,6 +36,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
         permissions: PermissionSet::parse(["query:read"])?,
         expires_at: None,
         revoked: false,
+        disabled: false,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
         owner: Some(args.owner.clone()),
     };

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod envelope;
+pub mod key_update;
 pub mod kms;
 pub mod origin_keys;
 pub mod replicator;

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::audit::{verify_chain, AuditDraft, AuditEntry, ChainBreak};
 use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
+use crate::key_update::{self, KeyUpdate};
 use crate::kms::{Kms, KmsContext, KmsError};
 use crate::origin_keys::{self, OriginKeyError, OriginKeyPolicy, OriginKeyStatus, OriginKeys};
 use crate::rng::SharedRng;
@@ -138,7 +139,7 @@ impl ServiceError {
         }
     }
 
-    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { code, message: message.into() }
     }
 }
@@ -230,7 +231,7 @@ pub struct NewKey {
 pub struct KeyView {
     /// The stored row.
     pub row: KeyRow,
-    /// `active`, `revoked` or `expired`.
+    /// `active`, `disabled`, `revoked` or `expired` (see [`Service::view`] for which wins).
     pub status: &'static str,
     /// Past 80% of its lifetime.
     pub should_rotate: bool,
@@ -268,7 +269,7 @@ pub enum Verdict {
         /// Its permissions.
         permissions: Vec<String>,
     },
-    /// Malformed, unknown, wrong, revoked or expired: deliberately indistinguishable.
+    /// Malformed, unknown, wrong, revoked, disabled or expired: deliberately indistinguishable.
     Invalid,
 }
 
@@ -410,12 +411,16 @@ impl Service {
         Ok(entry)
     }
 
+    /// The key's view now. Its status names what stops it, most lasting first: `revoked` (for good),
+    /// then `expired` (until its expiry is moved), then `disabled` (until it is enabled), else `active`.
     fn view(&self, row: KeyRow) -> KeyView {
         let now = self.clock.now();
         let status = if row.revoked_at.is_some() {
             "revoked"
         } else if row.expires_at.is_some_and(|end| now >= end) {
             "expired"
+        } else if row.disabled_at.is_some() {
+            "disabled"
         } else {
             "active"
         };
@@ -436,6 +441,7 @@ impl Service {
             permissions,
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
+            disabled: row.disabled_at.is_some(),
             secrets: secrets.iter().filter(|s| s.is_live(now)).cloned().collect(),
             owner: row.owner.clone(),
         };
@@ -549,6 +555,8 @@ impl Service {
             revoked_at: None,
             revoked_reason: None,
             generation: 1,
+            disabled_at: None,
+            revision: 0,
         };
         let record = Self::record(&row, &[SecretEntry { hash: secret.secret_hash, not_after: None }], now)?;
         let audit = AuditDraft {
@@ -631,7 +639,13 @@ impl Service {
             detail: json_text(&json!({"generation": generation, "previous_valid_until": previous_not_after})),
         };
         let ops = vec![
-            Op::Rotate { key_id: id, expected_generation: row.generation, previous_not_after, rotated_at: now },
+            Op::Rotate {
+                key_id: id,
+                expected_generation: row.generation,
+                expected_revision: row.revision,
+                previous_not_after,
+                rotated_at: now,
+            },
             Op::InsertSecret(secret),
         ];
         self.commit(Change { audit, ops, outbox: Some((id, record)) }).await?;
@@ -671,11 +685,58 @@ impl Service {
         revoked.revoked_at = Some(now);
         revoked.revoked_reason.clone_from(&reason);
         let record = Self::record(&revoked, &live, now)?;
-        let ops = vec![Op::Revoke { key_id: id, expected_generation: row.generation, revoked_at: now, reason }];
+        let ops = vec![Op::Revoke {
+            key_id: id,
+            expected_generation: row.generation,
+            expected_revision: row.revision,
+            revoked_at: now,
+            reason,
+        }];
         self.commit(Change { audit, ops, outbox: Some((id, record)) }).await?;
         self.recent.forget(id);
         metrics::counter!("keygate_keys_revoked_total").increment(1);
         Ok(self.view(revoked))
+    }
+
+    /// Changes a key's settings in place (see [`key_update`]): the row, its audit entry (what changed,
+    /// old and new) and the edge's new record in one transaction. A revoked key cannot be changed; an
+    /// update that changes nothing is audited as `unchanged` and replicates nothing.
+    pub async fn update(&self, actor: &Actor, id: KeyId, update: KeyUpdate) -> Result<KeyView, ServiceError> {
+        let checked = update.check()?;
+        let row = self.existing(id).await?;
+        if row.revoked_at.is_some() {
+            return Err(ServiceError::Revoked);
+        }
+        let now = self.clock.now();
+        let updated = checked.apply(&row, now)?;
+        let changes = key_update::changes(&row, &updated);
+        let mut audit = AuditDraft {
+            at: now,
+            actor: actor.label(),
+            action: "key.update".into(),
+            key_id: Some(id),
+            outcome: "ok".into(),
+            detail: String::new(),
+        };
+        if changes.is_empty() {
+            audit.outcome = "unchanged".into();
+            audit.detail = json_text(&json!({"changes": {}}));
+            self.commit(Change { audit, ops: vec![], outbox: None }).await?;
+            return Ok(self.view(row));
+        }
+        audit.detail = json_text(&json!({"changes": changes}));
+        let live: Vec<SecretEntry> = self
+            .store
+            .secrets(id)
+            .await?
+            .into_iter()
+            .map(|s| SecretEntry { hash: s.secret_hash, not_after: s.not_after })
+            .collect();
+        let record = Self::record(&updated, &live, now)?;
+        self.commit(Change { audit, ops: vec![Op::Update(updated.clone())], outbox: Some((id, record)) }).await?;
+        self.recent.forget(id);
+        metrics::counter!("keygate_keys_updated_total").increment(1);
+        Ok(self.view(updated))
     }
 
     /// The current key text, decrypted through KMS; audited before it is returned. A revoked key can
@@ -728,6 +789,7 @@ impl Service {
             permissions: PermissionSet::default(),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
+            disabled: row.disabled_at.is_some(),
             secrets: known.secrets.clone(),
             owner: None,
         };
@@ -937,22 +999,56 @@ struct CheckedNewKey {
     metadata: serde_json::Value,
 }
 
-fn validate_new_key(request: NewKey, settings: &Settings) -> Result<CheckedNewKey, ServiceError> {
-    let name = request.name.trim().to_owned();
+/// A key's name: trimmed, 1 to 200 characters.
+pub(crate) fn check_name(name: &str) -> Result<String, ServiceError> {
+    let name = name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ServiceError::invalid("invalid_name", "name must be 1 to 200 characters"));
     }
-    let tier_ok = (1..=32).contains(&request.tier.len())
-        && request.tier.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    Ok(name)
+}
+
+/// A rate-limit tier: 1 to 32 characters of `[a-z0-9_-]`.
+pub(crate) fn check_tier(tier: String) -> Result<String, ServiceError> {
+    let tier_ok = (1..=32).contains(&tier.len())
+        && tier.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if !tier_ok {
         return Err(ServiceError::invalid("invalid_tier", "tier must be 1 to 32 characters of [a-z0-9_-]"));
     }
-    if request.permissions.len() > 64 {
+    Ok(tier)
+}
+
+/// At most 64 permission strings that parse; returned in their normal form.
+pub(crate) fn check_permissions(permissions: &[String]) -> Result<Vec<String>, ServiceError> {
+    if permissions.len() > 64 {
         return Err(ServiceError::invalid("invalid_permission", "at most 64 permissions"));
     }
-    let permissions = PermissionSet::parse(&request.permissions)
+    Ok(PermissionSet::parse(permissions)
         .map_err(|e| ServiceError::Invalid { code: e.code(), message: e.to_string() })?
-        .to_strings();
+        .to_strings())
+}
+
+/// An owner of at most 200 characters, or none.
+pub(crate) fn check_owner(owner: Option<String>) -> Result<Option<String>, ServiceError> {
+    if owner.as_ref().is_some_and(|o| o.chars().count() > 200) {
+        return Err(ServiceError::invalid("invalid_owner", "owner must be at most 200 characters"));
+    }
+    Ok(owner)
+}
+
+/// Metadata: a JSON object of at most 8 KiB; `{}` when none.
+pub(crate) fn check_metadata(metadata: Option<serde_json::Value>) -> Result<serde_json::Value, ServiceError> {
+    let metadata = metadata.unwrap_or_else(|| json!({}));
+    if !metadata.is_object() || metadata.to_string().len() > 8 * 1024 {
+        return Err(ServiceError::invalid("invalid_metadata", "metadata must be a JSON object of at most 8 KiB"));
+    }
+    Ok(metadata)
+}
+
+fn validate_new_key(request: NewKey, settings: &Settings) -> Result<CheckedNewKey, ServiceError> {
+    let name = check_name(&request.name)?;
+    let tier = check_tier(request.tier)?;
+    let permissions = check_permissions(&request.permissions)?;
     let expires_in_days = request.expires_in_days.unwrap_or(settings.default_expiry_days);
     if !(1..=MAX_EXPIRY_DAYS).contains(&expires_in_days) {
         return Err(ServiceError::invalid(
@@ -966,14 +1062,9 @@ fn validate_new_key(request: NewKey, settings: &Settings) -> Result<CheckedNewKe
         }
         None => settings.region.clone(),
     };
-    if request.owner.as_ref().is_some_and(|o| o.chars().count() > 200) {
-        return Err(ServiceError::invalid("invalid_owner", "owner must be at most 200 characters"));
-    }
-    let metadata = request.metadata.unwrap_or_else(|| json!({}));
-    if !metadata.is_object() || metadata.to_string().len() > 8 * 1024 {
-        return Err(ServiceError::invalid("invalid_metadata", "metadata must be a JSON object of at most 8 KiB"));
-    }
-    Ok(CheckedNewKey { name, tier: request.tier, permissions, expires_in_days, region, owner: request.owner, metadata })
+    let owner = check_owner(request.owner)?;
+    let metadata = check_metadata(request.metadata)?;
+    Ok(CheckedNewKey { name, tier, permissions, expires_in_days, region, owner, metadata })
 }
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ mod tests {
             permissions: PermissionSet::default(),
             expires_at: None,
             revoked,
+            disabled: false,
             secrets: vec![],
             owner: None,
         }

@@ -99,6 +99,7 @@ fn key_record(id: u128, seq: u64, owner: Option<&str>) -> KeyRecord {
         permissions: PermissionSet::parse(["query:read", "mutation:write", "batch:5"]).unwrap(),
         expires_at: None,
         revoked: false,
+        disabled: false,
         secrets: vec![],
         owner: owner.map(Into::into),
     }

@@ -99,6 +99,7 @@ fn record(key: &ApiKey, permissions: &[&str], tier: &str) -> KeyRecord {
         permissions: PermissionSet::parse(permissions).unwrap(),
         expires_at: Some(NOW + 1_000),
         revoked: false,
+        disabled: false,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
         owner: None,
     }

@@ -1,11 +1,12 @@
 //! The control plane's JSON request bodies on arbitrary input, through the real axum router.
 //!
-//! The body types (`CreateKeyRequest`, `RotateRequest`, `RevokeRequest`, `VerifyRequest`) are public, but
+//! The body types (`CreateKeyRequest`, `UpdateKeyRequest`, `RotateRequest`, `RevokeRequest`, `VerifyRequest`) are public, but
 //! their fields are not, and deserializing them alone would skip the handlers' validation, where the
 //! input matters. So one service over an in-memory SQLite store and the local KMS is built per
 //! process, and each input (its first byte picks the route, the rest is the body) is sent with the
 //! bootstrap admin key and `Content-Type: application/json` to `POST /admin/api-keys`,
-//! `/admin/api-keys/{id}/rotate`, `/revoke`, `/reveal` or `POST /v1/keys/verify`. Checked:
+//! `PATCH /admin/api-keys/{id}`, `POST /admin/api-keys/{id}/rotate`, `/revoke`, `/reveal` or
+//! `POST /v1/keys/verify`. Checked:
 //!
 //! - no handler panics and no answer is a 5xx (the store and KMS are in-process and always up);
 //! - every answer's body is JSON;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::body::{to_bytes, Body};
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use keygate_control_plane::api::admin::{CreateKeyRequest, RevokeRequest, RotateRequest};
+use keygate_control_plane::api::admin::{CreateKeyRequest, RevokeRequest, RotateRequest, UpdateKeyRequest};
 use keygate_control_plane::api::ops::VerifyRequest;
 use keygate_control_plane::clock::ManualClock;
 use keygate_control_plane::kms::local::LocalKms;
@@ -51,16 +52,20 @@ const INPUTS_PER_APP: u32 = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Create,
+    Update,
     Rotate,
     Revoke,
     Reveal,
     Verify,
 }
 
-const ROUTES: [Route; 5] = [Route::Create, Route::Rotate, Route::Revoke, Route::Reveal, Route::Verify];
+const ROUTES: [Route; 6] =
+    [Route::Create, Route::Update, Route::Rotate, Route::Revoke, Route::Reveal, Route::Verify];
 
 /// The keys the id routes act on, and how often they have been acted on.
 struct Targets {
+    /// Never revoked, so an update of it is refused only for its body.
+    update: String,
     rotate: String,
     rotations: u32,
     revoke: String,
@@ -110,6 +115,7 @@ impl App {
             let service = Arc::new(Service::new(store, kms, clock, Box::new(OsRng), Settings::default()));
             let admin = setup(service.bootstrap_admin().await, "admin bootstrap").key.expose().to_owned();
             let targets = Targets {
+                update: new_target(&service, "fuzz update target").await,
                 rotate: new_target(&service, "fuzz rotate target").await,
                 rotations: 0,
                 revoke: new_target(&service, "fuzz revoke target").await,
@@ -126,6 +132,7 @@ impl App {
         let targets = &self.targets;
         match route {
             Route::Create => "/admin/api-keys".into(),
+            Route::Update => format!("/admin/api-keys/{}", targets.update),
             Route::Rotate => format!("/admin/api-keys/{}/rotate", targets.rotate),
             Route::Revoke => format!("/admin/api-keys/{}/revoke", targets.revoke),
             Route::Reveal => format!("/admin/api-keys/{}/reveal", targets.reveal),
@@ -151,14 +158,14 @@ impl App {
                     targets.revocations = 0;
                 }
             }
-            Route::Create | Route::Reveal | Route::Verify => {}
+            Route::Create | Route::Update | Route::Reveal | Route::Verify => {}
         }
     }
 
     /// One request through the router: status and body bytes.
-    fn send(&self, path: &str, body: &[u8]) -> (StatusCode, Vec<u8>) {
+    fn send(&self, method: Method, path: &str, body: &[u8]) -> (StatusCode, Vec<u8>) {
         let request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(header::AUTHORIZATION, &self.authorization)
             .header(header::CONTENT_TYPE, "application/json")
@@ -182,6 +189,7 @@ impl App {
 fn decodes(route: Route, body: &[u8]) -> bool {
     match route {
         Route::Create => serde_json::from_slice::<CreateKeyRequest>(body).is_ok(),
+        Route::Update => serde_json::from_slice::<UpdateKeyRequest>(body).is_ok(),
         Route::Rotate => serde_json::from_slice::<RotateRequest>(body).is_ok(),
         Route::Revoke => serde_json::from_slice::<RevokeRequest>(body).is_ok(),
         Route::Verify => serde_json::from_slice::<VerifyRequest>(body).is_ok(),
@@ -208,7 +216,8 @@ fn with_app(f: impl FnOnce(&mut App)) {
 /// Sends `body` to `route` and checks the answer.
 fn fuzz_one(app: &mut App, route: Route, body: &[u8]) {
     let path = app.path(route);
-    let (status, answer) = app.send(&path, body);
+    let method = if route == Route::Update { Method::PATCH } else { Method::POST };
+    let (status, answer) = app.send(method, &path, body);
 
     assert!(!status.is_server_error(), "{route:?} answered {status}: {}", String::from_utf8_lossy(&answer));
     let Ok(json) = serde_json::from_slice::<Value>(&answer) else {

@@ -105,6 +105,7 @@ fn fixture() -> &'static Fixture {
                     permissions,
                     expires_at: Some(NOW + 1_000),
                     revoked: false,
+                    disabled: false,
                     secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
                     owner: None,
                 })

@@ -116,6 +116,7 @@ fn record(id: u128, seq: u64, revoked: bool) -> KeyRecord {
         permissions: PermissionSet::default(),
         expires_at: Some(NOW + 1_000),
         revoked,
+        disabled: false,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
         owner: None,
     }

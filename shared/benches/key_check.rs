@@ -26,6 +26,7 @@ fn fixtures() -> (String, String, KeyRecord) {
         permissions: PermissionSet::parse(["query:read", "batch:10"]).unwrap(),
         expires_at: Some(2_000_000_000),
         revoked: false,
+        disabled: false,
         // A key in its rotation grace period: the usual worst case of two generations to compare.
         secrets: vec![
             SecretEntry { hash: key.hash(), not_after: None },

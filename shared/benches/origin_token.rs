@@ -21,6 +21,7 @@ fn bench(c: &mut Criterion) {
         permissions: PermissionSet::parse(["query:read", "mutation:write", "batch:10"]).unwrap(),
         expires_at: Some(1_900_000_000),
         revoked: false,
+        disabled: false,
         secrets: Vec::new(),
         owner: Some("acme".into()),
     };

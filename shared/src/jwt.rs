@@ -186,6 +186,7 @@ mod tests {
             permissions: PermissionSet::parse(["query:read", "batch:5"]).unwrap(),
             expires_at: None,
             revoked: false,
+            disabled: false,
             secrets: Vec::new(),
             owner: owner.map(Into::into),
         }

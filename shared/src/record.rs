@@ -44,12 +44,21 @@ pub struct KeyRecord {
     pub expires_at: Option<i64>,
     /// Whether the key was revoked. A revoked record is kept so an older record can never bring it back.
     pub revoked: bool,
+    /// Whether an operator switched the key off. Unlike a revocation it can be undone: a newer record
+    /// with `disabled` false lets the key in again. Absent (false) from records replicated before it
+    /// existed, and left out of the wire form when false, so an enabled key's record is unchanged.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
     /// Every generation whose secret may still work: the current one and those in their grace period.
     pub secrets: Vec<SecretEntry>,
     /// Who the key belongs to, if anyone: the origin sees it as the JWT's `tenant_id`. Absent from
     /// records replicated before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// Why a well-formed key is refused by its record. The edge answers every one the same way.
@@ -64,6 +73,8 @@ pub enum Refusal {
     Revoked,
     /// The key is past its expiry.
     Expired,
+    /// The key is switched off (until an operator enables it again).
+    Disabled,
 }
 
 impl Refusal {
@@ -74,6 +85,7 @@ impl Refusal {
             Self::WrongSecret => "wrong_secret",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::Disabled => "disabled",
         }
     }
 }
@@ -85,6 +97,7 @@ impl fmt::Display for Refusal {
             Self::WrongSecret => "the secret does not match",
             Self::Revoked => "the key was revoked",
             Self::Expired => "the key has expired",
+            Self::Disabled => "the key is disabled",
         })
     }
 }
@@ -93,7 +106,7 @@ impl core::error::Error for Refusal {}
 
 impl KeyRecord {
     /// Checks a presented key at `now`: secret against every live generation (constant time, no early
-    /// exit), then revocation, then expiry. Permissions and rate limits come after, elsewhere.
+    /// exit), then revocation, then being disabled, then expiry. Permissions and rate limits come after, elsewhere.
     pub fn check(&self, key: &ParsedKey<'_>, now: i64) -> Result<(), Refusal> {
         let presented = key.hash();
         let mut matched = Choice::from(0);
@@ -107,6 +120,9 @@ impl KeyRecord {
         }
         if self.revoked {
             return Err(Refusal::Revoked);
+        }
+        if self.disabled {
+            return Err(Refusal::Disabled);
         }
         if self.is_expired(now) {
             return Err(Refusal::Expired);
@@ -159,6 +175,7 @@ mod tests {
             permissions: PermissionSet::parse(["query:read"]).unwrap(),
             expires_at: Some(1_000),
             revoked: false,
+            disabled: false,
             secrets,
             owner: None,
         }
@@ -227,7 +244,25 @@ mod tests {
         assert_eq!(json["secrets"][0]["not_after"], 5);
         assert_eq!(json["expires_at"], 1_000);
         assert_eq!(json["revoked"], false);
+        assert!(json.get("disabled").is_none(), "an enabled key's wire form is the one before `disabled` existed");
         let back: KeyRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_disabled_key_is_refused_until_a_newer_record_enables_it() {
+        let good = key(1);
+        let mut record = record(vec![SecretEntry { hash: good.hash(), not_after: None }]);
+        record.disabled = true;
+        assert_eq!(record.check(&good.parts(), 0), Err(Refusal::Disabled));
+        assert_eq!(record.check(&key(2).parts(), 0), Err(Refusal::WrongSecret), "the secret is checked first");
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["disabled"], true);
+        assert_eq!(serde_json::from_value::<KeyRecord>(json).unwrap(), record);
+        record.disabled = false;
+        assert_eq!(record.check(&good.parts(), 0), Ok(()));
+        record.revoked = true;
+        record.disabled = true;
+        assert_eq!(record.check(&good.parts(), 0), Err(Refusal::Revoked), "revocation is named first");
     }
 }

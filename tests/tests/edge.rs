@@ -102,6 +102,7 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
         permissions: PermissionSet::parse(["*"]).unwrap(),
         expires_at: Some(now() - 1),
         revoked: false,
+        disabled: false,
         secrets: vec![SecretEntry { hash: expired.hash(), not_after: None }],
         owner: None,
     };
@@ -143,6 +144,7 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
         permissions: PermissionSet::parse(["*"]).unwrap(),
         expires_at: None,
         revoked: false,
+        disabled: false,
         secrets: vec![SecretEntry { hash: keygate_shared::SecretHash::of_key(&revoked), not_after: None }],
         owner: None,
     };

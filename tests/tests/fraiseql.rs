@@ -58,6 +58,7 @@ fn token(signer: &TokenSigner, iat: i64, ttl_secs: i64) -> String {
         permissions: PermissionSet::parse(["query:read"]).unwrap(),
         expires_at: None,
         revoked: false,
+        disabled: false,
         secrets: Vec::new(),
         owner: None,
     };

@@ -162,6 +162,7 @@ fn record(key: &ApiKey, seq: u64, permissions: &[&str], revoked: bool, expires_a
         permissions: PermissionSet::parse(permissions).unwrap(),
         expires_at,
         revoked,
+        disabled: false,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
         owner: None,
     }

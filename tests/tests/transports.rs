@@ -339,6 +339,7 @@ async fn a_key_that_expires_mid_stream_closes_its_sockets() {
         permissions: PermissionSet::parse(["subscription:read"]).unwrap(),
         expires_at: Some(expires_at),
         revoked: false,
+        disabled: false,
         secrets: vec![SecretEntry { hash: parsed.hash(), not_after: None }],
         owner: None,
     };

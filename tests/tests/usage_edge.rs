@@ -178,6 +178,7 @@ fn record(key: &ApiKey, tier: &str, permissions: &[&str], revoked: bool) -> KeyR
         revoked,
         secrets: vec![SecretEntry { hash: key.hash(), not_after: None }],
         owner: None,
+        disabled: false,
     }
 }
 

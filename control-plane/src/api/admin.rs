@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, JsonBody};
 use super::AppState;
+use crate::key_update::KeyUpdate;
 use crate::service::{Actor, KeyView, NewKey};
 use crate::store::SecretRow;
 
@@ -127,8 +128,14 @@ pub struct KeyResponse {
     metadata: serde_json::Value,
     prefix: String,
     region: String,
-    /// `active`, `revoked` or `expired`.
+    /// `active`, `disabled`, `revoked` or `expired`: `revoked` wins over `expired`, which wins over
+    /// `disabled` (each says what stops the key, the most lasting first).
+    #[schema(value_type = String, example = "active")]
     status: &'static str,
+    /// `false` while the key is switched off (`PATCH ... {"enabled": false}`), whatever its status.
+    enabled: bool,
+    /// When it was switched off; null while it is enabled.
+    disabled_at: Option<String>,
     /// Past 80% of its lifetime.
     should_rotate: bool,
     created_at: String,
@@ -152,6 +159,8 @@ impl From<KeyView> for KeyResponse {
             prefix: row.prefix,
             region: row.region,
             status: view.status,
+            enabled: row.disabled_at.is_none(),
+            disabled_at: row.disabled_at.map(rfc3339),
             should_rotate: view.should_rotate,
             created_at: rfc3339(row.created_at),
             expires_at: row.expires_at.map(rfc3339),
@@ -375,6 +384,85 @@ pub(crate) async fn revoke_key(
     let id = key_id(&id)?;
     let body: RevokeRequest = optional_body(request, &state).await?;
     Ok(Json(state.service.revoke(&actor, id, body.reason).await?.into()))
+}
+
+/// A field that may be absent (leave it), `null`, or a value: `Some(None)` is an explicit `null`.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Body of `PATCH /admin/api-keys/{id}`: at least one field. An absent field is left as it is; `null`
+/// clears `owner`, resets `metadata` to `{}` and is refused (422) for the others.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    /// Display name, 1 to 200 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
+    name: Option<Option<String>>,
+    /// Rate-limit tier, `[a-z0-9_-]{1,32}`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, required = false, pattern = "^[a-z0-9_-]{1,32}$")]
+    tier: Option<Option<String>>,
+    /// The whole new permission set (at most 64), e.g. `query:read`, `batch:10`, `*`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Vec<String>, required = false, max_items = 64)]
+    permissions: Option<Option<Vec<String>>>,
+    /// A JSON object of at most 8 KiB; `null` resets it to `{}`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>, required = false)]
+    metadata: Option<Option<serde_json::Value>>,
+    /// Who the key belongs to, up to 200 characters; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, required = false, max_length = 200)]
+    owner: Option<Option<String>>,
+    /// New expiry, RFC 3339: in the future, at most 3650 days after the key was created.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, format = DateTime, required = false)]
+    expires_at: Option<Option<String>>,
+    /// `false` switches the key off (it is refused exactly like a revoked key), `true` on again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool, required = false)]
+    enabled: Option<Option<bool>>,
+}
+
+#[utoipa::path(patch, path = "/admin/api-keys/{id}", tag = "keys", params(("id" = String, Path, description = "api_key_id")),
+    request_body = UpdateKeyRequest,
+    responses(
+        (status = 200, description = "the key as it is now", body = KeyResponse),
+        (status = 400, description = "malformed JSON", body = super::error::ErrorBody),
+        (status = 401, description = "no usable admin key", body = super::error::ErrorBody),
+        (status = 403, description = "the admin key lacks admin:keys:write", body = super::error::ErrorBody),
+        (status = 404, description = "no key with this id (`key_not_found`)", body = super::error::ErrorBody),
+        (status = 409, description = "the key is revoked (`key_revoked`), or a concurrent change won (`conflict`)",
+            body = super::error::ErrorBody),
+        (status = 413, description = "the body is over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "the body is not application/json", body = super::error::ErrorBody),
+        (status = 422, description = "no field, an unknown field, or a value create would refuse", body = super::error::ErrorBody),
+        (status = 429, description = "too many bad keys from this address", body = super::error::ErrorBody),
+        (status = 503, description = "the database is unavailable", body = super::error::ErrorBody)),
+    security(("admin_key" = ["admin:keys:write"])))]
+pub(crate) async fn update_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    IdParam(id): IdParam,
+    body: Result<JsonBody<UpdateKeyRequest>, ApiError>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    let actor = authorize(&state, &headers, AdminScope::KeysWrite, "key.update").await?;
+    let id = key_id(&id)?;
+    let JsonBody(request) = body?;
+    let update = KeyUpdate {
+        name: request.name,
+        tier: request.tier,
+        permissions: request.permissions,
+        metadata: request.metadata,
+        owner: request.owner,
+        expires_at: request.expires_at,
+        enabled: request.enabled,
+    };
+    Ok(Json(state.service.update(&actor, id, update).await?.into()))
 }
 
 /// Answer of reveal.

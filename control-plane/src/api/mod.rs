@@ -115,6 +115,10 @@ impl RouteSpec {
         Self { method: Method::POST, path, access, untimed: false, handler: routing::post(handler) }
     }
 
+    fn patch<H: Handler<T, AppState>, T: 'static>(path: &'static str, access: Access, handler: H) -> Self {
+        Self { method: Method::PATCH, path, access, untimed: false, handler: routing::patch(handler) }
+    }
+
     fn untimed(self) -> Self {
         Self { untimed: true, ..self }
     }
@@ -128,6 +132,7 @@ pub fn routes() -> Vec<RouteSpec> {
         RouteSpec::post("/admin/api-keys", Admin(AdminScope::KeysWrite), admin::create_key),
         RouteSpec::get("/admin/api-keys", Admin(AdminScope::KeysRead), admin::list_keys),
         RouteSpec::get("/admin/api-keys/{id}", Admin(AdminScope::KeysRead), admin::show_key),
+        RouteSpec::patch("/admin/api-keys/{id}", Admin(AdminScope::KeysWrite), admin::update_key),
         RouteSpec::post("/admin/api-keys/{id}/rotate", Admin(AdminScope::KeysWrite), admin::rotate_key),
         RouteSpec::post("/admin/api-keys/{id}/revoke", Admin(AdminScope::KeysWrite), admin::revoke_key),
         RouteSpec::post("/admin/api-keys/{id}/reveal", Admin(AdminScope::Reveal), admin::reveal_key),

@@ -22,7 +22,7 @@ pub struct VerifyRequest {
     api_key: String,
 }
 
-/// The verdict. Every bad key (malformed, unknown, wrong, revoked, expired) gets the same answer.
+/// The verdict. Every bad key (malformed, unknown, wrong, revoked, disabled, expired) gets the same answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VerifyResponse {
     valid: bool,
@@ -88,7 +88,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 #[openapi(
     info(title = "keygate control plane", description = "Issue, rotate, revoke and verify API keys for GraphQL APIs."),
     paths(
-        super::admin::create_key, super::admin::list_keys, super::admin::show_key, super::admin::rotate_key,
+        super::admin::create_key, super::admin::list_keys, super::admin::show_key, super::admin::update_key,
+        super::admin::rotate_key,
         super::admin::revoke_key, super::admin::reveal_key, super::admin::audit_log, super::admin::rewrap,
         super::origin_keys::list, super::origin_keys::rotate, super::origin_keys::jwks,
         verify, healthz, readyz, metrics, openapi

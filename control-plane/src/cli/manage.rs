@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::Config;
 use crate::api::admin::{CreatedResponse, KeyResponse};
+use crate::key_update::KeyUpdate;
 use crate::replicator::Replicator;
 use crate::service::{Actor, NewKey, Service, ServiceError};
 
@@ -173,6 +174,38 @@ pub enum KeysCommand {
         #[arg(long)]
         grace_period_secs: Option<i64>,
     },
+    /// Change a key in place: only the settings given change (`--permission` replaces the whole set).
+    Update {
+        /// The api_key_id.
+        id: String,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New rate-limit tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// A permission of the new set; repeat for several.
+        #[arg(long = "permission", short = 'p')]
+        permissions: Vec<String>,
+        /// New metadata, a JSON object (replaces the old one).
+        #[arg(long, value_parser = parse_json_object)]
+        metadata: Option<serde_json::Value>,
+        /// New owner.
+        #[arg(long, conflicts_with = "clear_owner")]
+        owner: Option<String>,
+        /// Remove the owner.
+        #[arg(long)]
+        clear_owner: bool,
+        /// New expiry, RFC 3339 (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Switch the key off: it is refused like a revoked key until `--enable`.
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Switch a disabled key on again.
+        #[arg(long)]
+        enable: bool,
+    },
     /// Revoke at once.
     Revoke {
         /// The api_key_id.
@@ -240,6 +273,23 @@ impl KeysCommand {
                 }),
                 Err(code) => return code,
             },
+            Self::Update { id, name, tier, permissions, metadata, owner, clear_owner, expires_at, disable, enable } => {
+                match key_id(&id) {
+                    Ok(id) => {
+                        let update = KeyUpdate {
+                            name: name.map(Some),
+                            tier: tier.map(Some),
+                            permissions: (!permissions.is_empty()).then_some(Some(permissions)),
+                            metadata: metadata.map(Some),
+                            owner: if clear_owner { Some(None) } else { owner.map(Some) },
+                            expires_at: expires_at.map(Some),
+                            enabled: (disable || enable).then_some(Some(enable)),
+                        };
+                        service.update(&actor, id, update).await.map(|view| print_json(out, &KeyResponse::from(view)))
+                    }
+                    Err(code) => return code,
+                }
+            }
             Self::Revoke { id, reason } => match key_id(&id) {
                 Ok(id) => {
                     service.revoke(&actor, id, reason).await.map(|view| print_json(out, &KeyResponse::from(view)))

@@ -49,6 +49,11 @@ pub struct KeyRow {
     pub revoked_reason: Option<String>,
     /// The current secret generation, from 1.
     pub generation: i64,
+    /// When an operator switched the key off, unix seconds; `None` while it is enabled.
+    pub disabled_at: Option<i64>,
+    /// Bumped by every in-place change ([`Op::Update`]); rerolls and revocations check it, so no
+    /// change is made from a read that another one has overtaken.
+    pub revision: i64,
 }
 
 /// One generation of a key's secret: its hash, and the key text sealed under a KMS-wrapped data key.
@@ -162,13 +167,15 @@ pub enum Op {
     InsertKey(KeyRow),
     /// A new secret generation.
     InsertSecret(SecretRow),
-    /// Reroll, if the key is still at `expected_generation` and not revoked: the current secret's grace
-    /// ends at `previous_not_after`, the generation becomes `expected_generation + 1`.
+    /// Reroll, if the key is still at `expected_generation` and `expected_revision` and not revoked: the
+    /// current secret's grace ends at `previous_not_after`, the generation becomes `expected_generation + 1`.
     Rotate {
         /// The key.
         key_id: KeyId,
         /// The generation the caller read.
         expected_generation: i64,
+        /// The revision the caller read.
+        expected_revision: i64,
         /// End of the old secret's grace.
         previous_not_after: i64,
         /// Unix seconds.
@@ -183,17 +190,23 @@ pub enum Op {
         /// The data key as KMS rewrapped it.
         wrapped: WrappedKey,
     },
-    /// Revoke, if the key is still at `expected_generation` and not yet revoked.
+    /// Revoke, if the key is still at `expected_generation` and `expected_revision` and not yet revoked.
     Revoke {
         /// The key.
         key_id: KeyId,
         /// The generation the caller read.
         expected_generation: i64,
+        /// The revision the caller read.
+        expected_revision: i64,
         /// Unix seconds.
         revoked_at: i64,
         /// Why.
         reason: Option<String>,
     },
+    /// An in-place change of a key's settings (`PATCH`), if the row is still at `row.generation` and
+    /// `row.revision - 1` and not revoked: its name, owner, tier, permissions, metadata, expiry and
+    /// `disabled_at` become `row`'s, its revision `row.revision`.
+    Update(KeyRow),
 }
 
 /// Everything one write does, applied atomically.

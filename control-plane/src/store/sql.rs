@@ -104,7 +104,7 @@ impl Dialect for Postgres {
 }
 
 const KEY_COLUMNS: &str = "id, name, owner, tier, permissions, metadata, prefix, region, created_at, expires_at, \
-     rotated_at, revoked_at, revoked_reason, generation";
+     rotated_at, revoked_at, revoked_reason, generation, disabled_at, revision";
 const SECRET_COLUMNS: &str = "key_id, generation, secret_hash, ciphertext, wrapped_data_key, kms_key_id, \
      data_key_version, created_at, not_after, data_key_id";
 const OUTBOX_COLUMNS: &str = "seq, key_id, record, created_at, delivered_at";
@@ -158,6 +158,8 @@ where
             revoked_at: row.try_get(11)?,
             revoked_reason: row.try_get(12)?,
             generation: row.try_get(13)?,
+            disabled_at: row.try_get(14)?,
+            revision: row.try_get(15)?,
         })
     }
 
@@ -305,7 +307,7 @@ where
                 Op::InsertKey(key) => {
                     let permissions = serde_json::to_string(&key.permissions).map_err(|_| corrupt("permissions"))?;
                     sqlx::query(&format!(
-                        "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                        "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                     ))
                     .bind(key.id.to_string())
                     .bind(key.name.clone())
@@ -321,6 +323,8 @@ where
                     .bind(key.revoked_at)
                     .bind(key.revoked_reason.clone())
                     .bind(key.generation)
+                    .bind(key.disabled_at)
+                    .bind(key.revision)
                     .execute(&mut **tx)
                     .await?
                 }
@@ -341,15 +345,16 @@ where
                     .execute(&mut **tx)
                     .await?
                 }
-                Op::Rotate { key_id, expected_generation, previous_not_after, rotated_at } => {
+                Op::Rotate { key_id, expected_generation, expected_revision, previous_not_after, rotated_at } => {
                     let id = key_id.to_string();
                     let moved = sqlx::query(
                         "UPDATE api_keys SET generation = generation + 1, rotated_at = $1 \
-                         WHERE id = $2 AND generation = $3 AND revoked_at IS NULL",
+                         WHERE id = $2 AND generation = $3 AND revision = $4 AND revoked_at IS NULL",
                     )
                     .bind(*rotated_at)
                     .bind(id.clone())
                     .bind(*expected_generation)
+                    .bind(*expected_revision)
                     .execute(&mut **tx)
                     .await?;
                     if DB::rows_affected(&moved) != 1 {
@@ -387,15 +392,37 @@ where
                     .execute(&mut **tx)
                     .await?
                 }
-                Op::Revoke { key_id, expected_generation, revoked_at, reason } => {
+                Op::Revoke { key_id, expected_generation, expected_revision, revoked_at, reason } => {
                     sqlx::query(
                         "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
-                         WHERE id = $3 AND generation = $4 AND revoked_at IS NULL",
+                         WHERE id = $3 AND generation = $4 AND revision = $5 AND revoked_at IS NULL",
                     )
                     .bind(*revoked_at)
                     .bind(reason.clone())
                     .bind(key_id.to_string())
                     .bind(*expected_generation)
+                    .bind(*expected_revision)
+                    .execute(&mut **tx)
+                    .await?
+                }
+                Op::Update(key) => {
+                    let permissions = serde_json::to_string(&key.permissions).map_err(|_| corrupt("permissions"))?;
+                    sqlx::query(
+                        "UPDATE api_keys SET name = $1, owner = $2, tier = $3, permissions = $4, metadata = $5, \
+                         expires_at = $6, disabled_at = $7, revision = $8 \
+                         WHERE id = $9 AND generation = $10 AND revision = $11 AND revoked_at IS NULL",
+                    )
+                    .bind(key.name.clone())
+                    .bind(key.owner.clone())
+                    .bind(key.tier.clone())
+                    .bind(permissions)
+                    .bind(key.metadata.to_string())
+                    .bind(key.expires_at)
+                    .bind(key.disabled_at)
+                    .bind(key.revision)
+                    .bind(key.id.to_string())
+                    .bind(key.generation)
+                    .bind(key.revision - 1)
                     .execute(&mut **tx)
                     .await?
                 }

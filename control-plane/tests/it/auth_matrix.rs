@@ -16,6 +16,7 @@ fn accepted_body(route: &RouteSpec) -> Option<Value> {
     match (route.method.as_str(), route.path) {
         ("POST", "/admin/api-keys") => Some(json!({"name": "matrix", "permissions": ["query:read"]})),
         ("POST", "/v1/keys/verify") => Some(json!({"api_key": "not-a-key"})),
+        ("PATCH", "/admin/api-keys/{id}") => Some(json!({"name": "matrix patched"})),
         _ => None,
     }
 }

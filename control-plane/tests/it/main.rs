@@ -8,6 +8,7 @@ mod auth_matrix;
 mod cli;
 mod faults;
 mod key_commands;
+mod key_updates;
 mod kms;
 mod lifecycle;
 mod ops;
