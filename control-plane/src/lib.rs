@@ -11,3 +11,4 @@ pub mod replicator;
 pub mod rng;
 pub mod service;
 pub mod store;
+pub mod usage;

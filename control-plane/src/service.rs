@@ -56,6 +56,9 @@ pub struct Settings {
     pub failed_attempts_per_minute: u32,
     /// How the origin's signing keys are published and retired.
     pub origin_keys: OriginKeyPolicy,
+    /// The sync secret, from which the key checking the edge's usage reports is derived; without it
+    /// `POST /_keygate/usage` answers 404.
+    pub sync_secret: Option<keygate_shared::SyncSecret>,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             verify_cache_ms: 1_000,
             failed_attempts_per_minute: keygate_shared::attempts::DEFAULT_LIMIT,
             origin_keys: OriginKeyPolicy::default(),
+            sync_secret: None,
         }
     }
 }
@@ -390,6 +394,11 @@ impl Service {
         &self.clock
     }
 
+    /// The deployment settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The origin signing keys, for the replicator.
     pub fn origin_keys(&self) -> &OriginKeys {
         &self.origin_keys
@@ -410,7 +419,7 @@ impl Service {
         Ok(entry)
     }
 
-    fn view(&self, row: KeyRow) -> KeyView {
+    pub(crate) fn view(&self, row: KeyRow) -> KeyView {
         let now = self.clock.now();
         let status = if row.revoked_at.is_some() {
             "revoked"
@@ -549,6 +558,7 @@ impl Service {
             revoked_at: None,
             revoked_reason: None,
             generation: 1,
+            last_used_at: None,
         };
         let record = Self::record(&row, &[SecretEntry { hash: secret.secret_hash, not_after: None }], now)?;
         let audit = AuditDraft {

@@ -15,3 +15,4 @@ mod origin_keys;
 mod replication;
 mod safety;
 mod support;
+mod usage;
