@@ -123,7 +123,7 @@ echo "== P11: usage ingest on PostgreSQL, beside key checks" >&2
 # on the same control plane alone, then with the ingest running at that rate.
 usage_schema="kg_bench_usage_$$"
 psql -q "$pg" -c "CREATE SCHEMA $usage_schema"
-drop_usage_schema() { psql -q "$pg" -c "DROP SCHEMA IF EXISTS $usage_schema CASCADE" || true; }
+drop_usage_schema() { PGOPTIONS=--client-min-messages=warning psql -q "$pg" -c "DROP SCHEMA IF EXISTS $usage_schema CASCADE" || true; }
 usage_port=$(free_port)
 mkdir -p "$out/usage"
 usage_env=(env "KEYGATE_DATABASE_URL=$pg?options[search_path]=$usage_schema" "KEYGATE_KMS_MASTER_KEY_FILE=$out/usage/master.key")

@@ -414,3 +414,40 @@ async fn concurrent_copies_of_a_batch_count_once_on_postgres() {
     assert_eq!(totals(&usage["series"]), [2, 0, 0, 0]);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_pruning_task_follows_the_service_clock_and_stops_on_shutdown() {
+    let app = TestApp::sqlite_local("usage_pruner").await;
+    let (_, key) = app.create_key(&["query:read"]).await;
+    app.clock.advance(MINUTE + 120 - T0);
+    let batch = json!({"batch_id": batch_id(6), "rows": [{"key_id": key, "minute": MINUTE, "admitted": 1}]});
+    assert_eq!(post(&app, &batch).await.1["rows"], 1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pruner = usage::pruner::Pruner::new(app.store.clone(), app.clock.clone())
+        .with_poll(std::time::Duration::from_millis(5))
+        .run(async move {
+            let _ = stopped.await;
+        });
+    let task = tokio::spawn(pruner);
+    let minute_count = || async {
+        let minutes = usage_of(&app, &key, &range("minute", MINUTE, MINUTE + 60)).await;
+        minutes["series"][0]["admitted"].as_i64().unwrap()
+    };
+    // Its first pass found nothing to prune; the minute goes only once the clock passes its retention
+    // and the next pass is due.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(minute_count().await, 1);
+    app.clock.advance(Granularity::Minute.retention_secs());
+    let mut pruned = false;
+    for _ in 0..2_000 {
+        if minute_count().await == 0 {
+            pruned = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(pruned, "the task pruned the minute past its retention");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    app.cleanup().await;
+}
