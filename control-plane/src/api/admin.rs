@@ -205,14 +205,17 @@ pub(crate) async fn create_key(
 
 /// Paging through keys.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Continue after this key id (the previous page's `next_after`).
     after: Option<String>,
     /// `created` (default: creation order) or `last_used` (most recently used first, never-used keys
     /// last); with `last_used`, `after` takes the previous page's `next_after` as it is.
+    #[param(inline)]
     sort: Option<KeyOrder>,
     /// Only keys unused for more than this many days (1 to 3650): last used before then, or never
     /// used and created before then.
@@ -433,6 +436,7 @@ pub(crate) async fn reveal_key(
 
 /// Filtering the audit log.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only entries about this key.

@@ -44,8 +44,8 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
     headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("")
 }
 
-/// `POST /_keygate/usage`: the body is read (up to [`USAGE_BODY_LIMIT`]), its signature checked, and
-/// only then parsed; a batch id already kept answers 200 `{"applied": false}`.
+/// An edge's usage batch: the body (at most 4 MiB) is read and its signature checked before it is
+/// parsed; a batch id already kept answers 200 `{"applied": false}` and changes nothing.
 #[utoipa::path(post, path = "/_keygate/usage", tag = "usage", request_body = UsageBatchSchema,
     params(
         ("X-Keygate-Timestamp" = String, Header, description = "unix seconds, within 300 s of the control plane's clock"),
@@ -147,13 +147,17 @@ pub struct OperationSchema {
 
 /// The range and buckets of a usage query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// RFC 3339, rounded down to the bucket; default `to` minus 1 h (minute), 24 h (hour) or 30 days (day).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// RFC 3339, exclusive; default now.
+    #[param(format = DateTime)]
     to: Option<String>,
     /// `minute`, `hour` (default) or `day`.
+    #[param(inline)]
     granularity: Option<Granularity>,
     /// Most operations listed, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -202,6 +206,7 @@ fn instant(text: Option<&str>, field: &str) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
+/// A key's usage by bucket, zero-filled, and its top operations.
 #[utoipa::path(get, path = "/admin/api-keys/{id}/usage", tag = "usage",
     params(("id" = String, Path, description = "api_key_id"), UsageParams),
     responses(
