@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: every BENCHMARKS.md figure (P1–P8) from one run, with its baseline measured in the
+# `make bench`: every BENCHMARKS.md figure (P1–P8, P11) from one run, with its baseline measured in the
 # same run, then the table of medians (target/bench/report.md).
 #
 # BENCH_MODE=smoke (what .ci/run uses) runs every step for a moment, on debug builds, so the harness
@@ -116,6 +116,43 @@ for run in $(seq 1 "$runs"); do
   record P8 verify "$run" "$(load --url "$control/v1/keys/verify" --method POST --header 'content-type: application/json' \
     --body "{\"api_key\":\"$api_key\"}" --connections 16 --label verify)"
 done
+
+echo "== P11: usage ingest on PostgreSQL, beside key checks" >&2
+# A second control plane, on PostgreSQL (a fresh schema, dropped at the end), taking the flushes of a
+# modelled edge at 10,000 req/s (1,000 active keys, 20 isolates, a flush every 10 s); P8's verify load
+# on the same control plane alone, then with the ingest running at that rate.
+usage_schema="kg_bench_usage_$$"
+psql -q "$pg" -c "CREATE SCHEMA $usage_schema"
+drop_usage_schema() { PGOPTIONS=--client-min-messages=warning psql -q "$pg" -c "DROP SCHEMA IF EXISTS $usage_schema CASCADE" || true; }
+usage_port=$(free_port)
+mkdir -p "$out/usage"
+usage_env=(env "KEYGATE_DATABASE_URL=$pg?options[search_path]=$usage_schema" "KEYGATE_KMS_MASTER_KEY_FILE=$out/usage/master.key")
+(umask 077 && "${usage_env[@]}" "$bin/keygate" admin bootstrap > "$out/usage/admin.key")
+start usage-control "${usage_env[@]}" "$bin/keygate" serve --listen "127.0.0.1:$usage_port" --sync-secret "$sync_secret"
+usage_control="http://127.0.0.1:$usage_port"
+wait_for "$usage_control/readyz"
+usage_verify_key=$(curl -sf -X POST "$usage_control/admin/api-keys" -H "Authorization: Bearer $(cat "$out/usage/admin.key")" \
+  -H 'content-type: application/json' -d '{"name":"bench","permissions":["query:read"]}' \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')
+if [ "$mode" = smoke ]; then usage_keys=50; else usage_keys=1000; fi
+ingest() {
+  KEYGATE_SYNC_SECRET="$sync_secret" "$bin/keygate-bench" usage --control-url "$usage_control" \
+    --admin-key-file "$out/usage/admin.key" --key-ids-file "$out/usage/key-ids" --keys "$usage_keys" "$@"
+}
+verify_pg() {
+  load --url "$usage_control/v1/keys/verify" --method POST --header 'content-type: application/json' \
+    --body "{\"api_key\":\"$usage_verify_key\"}" --connections 16 "$@"
+}
+for run in $(seq 1 "$runs"); do
+  record P11 verify-alone "$run" "$(verify_pg --label verify-alone)"
+  record P11 capacity "$run" "$(ingest --mode capacity --connections 2 --seconds "$seconds")"
+  ingest --mode paced --seconds "$(python3 -c "print($seconds + $warmup)")" > "$out/usage/paced-$run.json" &
+  paced=$!
+  record P11 verify-with-ingest "$run" "$(verify_pg --label verify-with-ingest)"
+  wait "$paced"
+  record P11 paced "$run" "$(cat "$out/usage/paced-$run.json")"
+done
+drop_usage_schema
 
 "$bin/keygate-bench" report --results "$results" --criterion "${CARGO_TARGET_DIR:-target}/criterion" > "$out/report.md"
 cat "$out/report.md"

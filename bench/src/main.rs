@@ -5,6 +5,7 @@
 //! - `propagation`: creates, then revokes keys through the admin API and times until the edge says 401;
 //! - `fixture`: a fresh API key, its record and a sealed origin signing key, for pushing to a worker;
 //! - `garbage`: counts the record reads the edge check makes for keys with a bad checksum;
+//! - `usage`: signed usage batches at the rate a busy edge flushes them, or as fast as they are taken (P11);
 //! - `report`: medians of the runs in `results.jsonl`, as the Markdown table BENCHMARKS.md shows.
 //!
 //! Every command prints one JSON line per measurement; `bench.sh` tags and collects them.
@@ -15,6 +16,7 @@ mod load;
 mod origin;
 mod propagation;
 mod report;
+mod usage_ingest;
 
 use std::process::ExitCode;
 
@@ -43,6 +45,8 @@ enum Command {
     Report(report::Args),
     /// A fresh API key, its record and a sealed ES256 origin signing key, as JSON, to push to a worker.
     Fixture(fixture::Args),
+    /// Signed usage batches to the control plane, paced like a busy edge's flushes or back to back.
+    Usage(usage_ingest::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
                         Command::Load(args) => load::run(args).await,
                         Command::Origin(args) => origin::run(args).await,
                         Command::Propagation(args) => propagation::run(args).await,
+                        Command::Usage(args) => usage_ingest::run(args).await,
                         Command::Report(_) | Command::Garbage(_) | Command::Fixture(_) => Ok(()),
                     }
                 })

@@ -274,6 +274,42 @@ fn rows(runs: &Runs, criterion: &Path) -> Vec<Row> {
         goal: "≥ 10,000 req/s, p99 ≤ 5 ms",
         met: rps.zip(p99).map(|((r, _), (p, _))| r >= 10_000.0 && p <= 5.0),
     });
+
+    // P11: the usage ingest on PostgreSQL against a modelled edge's flushes, and what it costs verify.
+    let (capacity, required) =
+        (field("P11", "capacity", "rows_per_s"), field("P11", "capacity", "required_rows_per_s"));
+    if capacity.is_some() {
+        let (alone, beside) = (field("P11", "verify-alone", "rps"), field("P11", "verify-with-ingest", "rps"));
+        let ratio = beside.zip(alone).map(|((b, _), (a, _))| b / a);
+        rows.push(Row {
+            id: "P11",
+            what: format!(
+                "usage ingest, PostgreSQL: signed batches of {} rows (1 per active key, 3 operations each) from {} isolates flushing every {} s",
+                field("P11", "capacity", "keys").map_or("–".into(), |(k, _)| format!("{k:.0}")),
+                field("P11", "capacity", "isolates").map_or("–".into(), |(k, _)| format!("{k:.0}")),
+                field("P11", "capacity", "flush_secs").map_or("–".into(), |(k, _)| format!("{k:.0}")),
+            ),
+            measured: format!(
+                "capacity {} ({}); at the required rate: {}, batch p99 {}, {} errors; verify beside it {}, p99 {}",
+                show(capacity, "rows/s", 0),
+                show(field("P11", "capacity", "batches_per_s"), "batches/s", 1),
+                show(field("P11", "paced", "batches_per_s"), "batches/s", 2),
+                show(field("P11", "paced", "p99_ms"), "ms", 0),
+                field("P11", "paced", "errors").map_or("–".into(), |(e, _)| format!("{e:.0}")),
+                show(beside, "req/s", 0),
+                show(field("P11", "verify-with-ingest", "p99_ms"), "ms", 2),
+            ),
+            baseline: format!(
+                "required {}; verify alone on the same control plane {}, p99 {} → {}",
+                show(required, "rows/s", 0),
+                show(alone, "req/s", 0),
+                show(field("P11", "verify-alone", "p99_ms"), "ms", 2),
+                ratio.map_or("–".into(), |r| format!("{r:.2}×")),
+            ),
+            goal: "capacity ≥ required; verify beside the ingest ≥ 0.9× alone",
+            met: capacity.zip(required).zip(ratio).map(|(((c, _), (r, _)), v)| c >= r && v >= 0.9),
+        });
+    }
     rows
 }
 

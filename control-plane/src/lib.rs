@@ -12,3 +12,4 @@ pub mod replicator;
 pub mod rng;
 pub mod service;
 pub mod store;
+pub mod usage;

@@ -57,6 +57,9 @@ pub struct Settings {
     pub failed_attempts_per_minute: u32,
     /// How the origin's signing keys are published and retired.
     pub origin_keys: OriginKeyPolicy,
+    /// The sync secret, from which the key checking the edge's usage reports is derived; without it
+    /// `POST /_keygate/usage` answers 404.
+    pub sync_secret: Option<keygate_shared::SyncSecret>,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             verify_cache_ms: 1_000,
             failed_attempts_per_minute: keygate_shared::attempts::DEFAULT_LIMIT,
             origin_keys: OriginKeyPolicy::default(),
+            sync_secret: None,
         }
     }
 }
@@ -391,6 +395,11 @@ impl Service {
         &self.clock
     }
 
+    /// The deployment settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The origin signing keys, for the replicator.
     pub fn origin_keys(&self) -> &OriginKeys {
         &self.origin_keys
@@ -413,7 +422,7 @@ impl Service {
 
     /// The key's view now. Its status names what stops it, most lasting first: `revoked` (for good),
     /// then `expired` (until its expiry is moved), then `disabled` (until it is enabled), else `active`.
-    fn view(&self, row: KeyRow) -> KeyView {
+    pub(crate) fn view(&self, row: KeyRow) -> KeyView {
         let now = self.clock.now();
         let status = if row.revoked_at.is_some() {
             "revoked"
@@ -557,6 +566,7 @@ impl Service {
             generation: 1,
             disabled_at: None,
             revision: 0,
+            last_used_at: None,
         };
         let record = Self::record(&row, &[SecretEntry { hash: secret.secret_hash, not_after: None }], now)?;
         let audit = AuditDraft {

@@ -30,6 +30,11 @@ pub const MAX_OPERATIONS_PER_ROW: usize = 32;
 pub const MAX_ROWS_PER_BATCH: usize = 5_000;
 /// The length of a batch id: 32 lower-case hex digits (128 random bits).
 pub const BATCH_ID_LEN: usize = 32;
+/// The largest count a row may carry in any field (2^40): far above what one key does in a minute, and
+/// low enough that two years of sums stay inside a signed 64-bit column.
+pub const MAX_COUNT: u64 = 1 << 40;
+/// The largest batch body the control plane takes, in bytes; a flush that would be larger is split.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// HKDF info naming the key that signs usage batches.
 const USAGE_SIGNING_INFO: &[u8] = b"keygate usage report signing v1";
@@ -96,6 +101,8 @@ pub enum UsageError {
     /// More than [`MAX_OPERATIONS_PER_ROW`] operations in a row (plus [`OTHER_OPERATIONS`]), or a
     /// name that is empty or longer than [`MAX_OPERATION_NAME_LEN`].
     BadOperation,
+    /// A count above [`MAX_COUNT`].
+    BadCount,
 }
 
 impl UsageError {
@@ -106,6 +113,7 @@ impl UsageError {
             Self::TooManyRows => "too_many_rows",
             Self::BadMinute => "bad_minute",
             Self::BadOperation => "bad_operation",
+            Self::BadCount => "bad_count",
         }
     }
 }
@@ -117,6 +125,7 @@ impl core::fmt::Display for UsageError {
             Self::TooManyRows => "the batch has more rows than allowed",
             Self::BadMinute => "a row's minute is not the start of a minute",
             Self::BadOperation => "a row has too many operations or a bad operation name",
+            Self::BadCount => "a count is larger than allowed",
         })
     }
 }
@@ -142,6 +151,10 @@ impl UsageBatch {
             }
             if row.operations.iter().any(|op| op.name.is_empty() || op.name.len() > MAX_OPERATION_NAME_LEN) {
                 return Err(UsageError::BadOperation);
+            }
+            let counts = [row.admitted, row.forbidden, row.rate_limited, row.refused];
+            if counts.into_iter().chain(row.operations.iter().map(|op| op.count)).any(|count| count > MAX_COUNT) {
+                return Err(UsageError::BadCount);
             }
         }
         Ok(())
@@ -243,6 +256,12 @@ mod tests {
         let mut bad = batch();
         bad.rows[0].operations[0].name = String::new();
         assert_eq!(bad.validate(), Err(UsageError::BadOperation));
+        let mut bad = batch();
+        bad.rows[0].operations[0].count = MAX_COUNT + 1;
+        assert_eq!(bad.validate(), Err(UsageError::BadCount));
+        let mut bad = batch();
+        bad.rows[0].refused = MAX_COUNT + 1;
+        assert_eq!(bad.validate(), Err(UsageError::BadCount));
         let mut bad = batch();
         bad.rows = vec![batch().rows[0].clone(); MAX_ROWS_PER_BATCH + 1];
         assert_eq!(bad.validate(), Err(UsageError::TooManyRows));

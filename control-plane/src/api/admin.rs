@@ -15,6 +15,7 @@ use super::AppState;
 use crate::key_update::KeyUpdate;
 use crate::service::{Actor, KeyView, NewKey};
 use crate::store::SecretRow;
+use crate::usage::{KeyCursor, KeyListing, KeyOrder};
 
 /// RFC 3339 (UTC, whole seconds) for unix seconds.
 pub(crate) fn rfc3339(unix_seconds: i64) -> String {
@@ -39,7 +40,7 @@ pub(crate) async fn authorize(
 }
 
 /// A query string's fields, or a 422 saying what is wrong with them.
-fn query_fields<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query_fields<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(fields)| fields)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))
@@ -69,7 +70,7 @@ fn query_key_id(text: Option<&str>, field: &str) -> Result<Option<KeyId>, ApiErr
 /// The `{id}` of a key route, as text. It never rejects: an id that does not even decode to UTF-8
 /// becomes `""`, so the handler authorizes first and then answers `key_not_found`, as for any other
 /// text that is not a key id (axum's own rejection would be a plain-text 400 before authorization).
-pub(crate) struct IdParam(String);
+pub(crate) struct IdParam(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for IdParam {
     type Rejection = std::convert::Infallible;
@@ -79,7 +80,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
     }
 }
 
-fn key_id(text: &str) -> Result<KeyId, ApiError> {
+pub(crate) fn key_id(text: &str) -> Result<KeyId, ApiError> {
     text.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "key_not_found", "no API key with this id"))
 }
 
@@ -144,6 +145,8 @@ pub struct KeyResponse {
     revoked_at: Option<String>,
     revoked_reason: Option<String>,
     generation: i64,
+    /// The start of the latest minute with an admitted request at the edge (RFC 3339); null if never.
+    last_used_at: Option<String>,
 }
 
 impl From<KeyView> for KeyResponse {
@@ -168,6 +171,7 @@ impl From<KeyView> for KeyResponse {
             revoked_at: row.revoked_at.map(rfc3339),
             revoked_reason: row.revoked_reason,
             generation: row.generation,
+            last_used_at: row.last_used_at.map(rfc3339),
         }
     }
 }
@@ -217,15 +221,25 @@ pub(crate) async fn create_key(
 
 /// Paging through keys.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-    /// Continue after this key id (the previous page's `next_after`).
-    #[param(pattern = r"^[0-6][0-9A-Za-z]{21}$")]
+    /// The previous page's `next_after`, as it is: a key id, or with `sort=last_used`
+    /// `<last use in unix seconds, or -1>.<key id>`.
+    #[param(pattern = r"^((-1|[0-9]{1,12})\.)?[0-6][0-9A-Za-z]{21}$")]
     after: Option<String>,
+    /// `created` (default: creation order) or `last_used` (most recently used first, never-used keys
+    /// last); with `last_used`, `after` takes the previous page's `next_after` as it is.
+    #[param(inline)]
+    sort: Option<KeyOrder>,
+    /// Only keys unused for more than this many days (1 to 3650): last used before then, or never
+    /// used and created before then.
+    #[param(minimum = 1, maximum = 3650)]
+    unused_days: Option<i64>,
 }
 
 /// A page of keys.
@@ -237,7 +251,9 @@ pub struct KeyPage {
 }
 
 #[utoipa::path(get, path = "/admin/api-keys", tag = "keys", params(ListQuery),
-    responses((status = 200, body = KeyPage)), security(("admin_key" = ["admin:keys:read"])))]
+    responses((status = 200, body = KeyPage), (status = 401, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    security(("admin_key" = ["admin:keys:read"])))]
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -246,10 +262,44 @@ pub(crate) async fn list_keys(
     authorize(&state, &headers, AdminScope::KeysRead, "key.list").await?;
     let query = query_fields(query)?;
     let limit = page_limit(query.limit)?;
+    if query.sort.is_some() || query.unused_days.is_some() {
+        return list_by_use(&state, query, limit).await.map(Json);
+    }
     let after = query_key_id(query.after.as_deref(), "after")?;
     let views = state.service.list(after, limit).await?;
     let next_after = (views.len() as i64 == limit).then(|| views.last().map(|v| v.row.id.to_string())).flatten();
     Ok(Json(KeyPage { items: views.into_iter().map(KeyResponse::from).collect(), next_after }))
+}
+
+/// The key list with `sort` or `unused_days`: filtered and ordered in the database.
+async fn list_by_use(state: &AppState, query: ListQuery, limit: i64) -> Result<KeyPage, ApiError> {
+    let order = query.sort.unwrap_or_default();
+    let bad_after = || ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "after must be a next_after");
+    let after = match (order, query.after.as_deref()) {
+        (_, None) => None,
+        (KeyOrder::Created, Some(text)) => Some(KeyCursor::Created(text.parse().map_err(|_| bad_after())?)),
+        (KeyOrder::LastUsed, Some(text)) => {
+            let (at, id) = text.split_once('.').ok_or_else(bad_after)?;
+            Some(KeyCursor::LastUsed(at.parse().map_err(|_| bad_after())?, id.parse().map_err(|_| bad_after())?))
+        }
+    };
+    let unused_since = match query.unused_days {
+        None => None,
+        Some(days @ 1..=3_650) => Some(state.service.clock().now() - days * 86_400),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                "unused_days must be between 1 and 3650",
+            ))
+        }
+    };
+    let views = state.service.list_keys(KeyListing { order, unused_since, after, limit }).await?;
+    let next_after = (views.len() as i64 == limit).then(|| views.last()).flatten().map(|last| match order {
+        KeyOrder::Created => last.row.id.to_string(),
+        KeyOrder::LastUsed => format!("{}.{}", last.row.last_used_at.unwrap_or(-1), last.row.id),
+    });
+    Ok(KeyPage { items: views.into_iter().map(KeyResponse::from).collect(), next_after })
 }
 
 /// One generation of a key's secret: no hash, no ciphertext.
@@ -488,6 +538,7 @@ pub(crate) async fn reveal_key(
 
 /// Filtering the audit log.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {

@@ -6,6 +6,7 @@ mod limits;
 mod openapi;
 pub mod ops;
 pub mod origin_keys;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -90,6 +91,9 @@ pub enum Access {
     /// An admin key holding this scope or `admin:*`. The handler enforces it (`authorize`, before the
     /// body is read); the table declares it so that tests can send every credential to every route.
     Admin(AdminScope),
+    /// An edge: the body signed under a key derived from the sync secret (`X-Keygate-Timestamp`,
+    /// `X-Keygate-Signature`). No admin key is accepted in its place.
+    EdgeSignature,
 }
 
 /// One route: a method on a path, who may call it, and its handler.
@@ -122,12 +126,17 @@ impl RouteSpec {
     fn untimed(self) -> Self {
         Self { untimed: true, ..self }
     }
+
+    /// A body limit of its own in place of [`BODY_LIMIT`].
+    fn body_limit(self, bytes: usize) -> Self {
+        Self { handler: self.handler.layer(DefaultBodyLimit::max(bytes)), ..self }
+    }
 }
 
 /// Every route, declared once: [`router`] is built from this table, and the auth-matrix test sends
 /// every kind of credential to every `Admin` route in it, so a new route cannot go unchecked.
 pub fn routes() -> Vec<RouteSpec> {
-    use Access::{Admin, Public};
+    use Access::{Admin, EdgeSignature, Public};
     vec![
         RouteSpec::post("/admin/api-keys", Admin(AdminScope::KeysWrite), admin::create_key),
         RouteSpec::get("/admin/api-keys", Admin(AdminScope::KeysRead), admin::list_keys),
@@ -142,6 +151,9 @@ pub fn routes() -> Vec<RouteSpec> {
         RouteSpec::get("/admin/origin-keys", Admin(AdminScope::OriginKeys), origin_keys::list),
         RouteSpec::post("/admin/origin-keys/rotate", Admin(AdminScope::OriginKeys), origin_keys::rotate),
         RouteSpec::get("/.well-known/jwks.json", Public, origin_keys::jwks),
+        RouteSpec::get("/admin/api-keys/{id}/usage", Admin(AdminScope::KeysRead), usage::key_usage),
+        RouteSpec::post(keygate_shared::usage::USAGE_PATH, EdgeSignature, usage::ingest)
+            .body_limit(usage::USAGE_BODY_LIMIT),
         RouteSpec::post("/v1/keys/verify", Public, ops::verify),
         RouteSpec::get("/healthz", Public, ops::healthz),
         RouteSpec::get("/readyz", Public, ops::readyz),

@@ -46,9 +46,16 @@ fn layer_errors(route: &RouteSpec, has_body: bool, has_query: bool) -> Vec<(u16,
             "`invalid_body` or a field's own code (e.g. `invalid_name`): the body is not an object, or a field is missing, unknown or out of range",
         ));
     }
-    if let Access::Admin(_) = route.access {
-        errors.push((401, "`unauthorized`: no admin key, or one that is malformed, unknown, revoked or expired"));
-        errors.push((403, "`forbidden`: the admin key lacks the scope this route needs"));
+    match route.access {
+        Access::Admin(_) => {
+            errors.push((401, "`unauthorized`: no admin key, or one that is malformed, unknown, revoked, expired or disabled"));
+            errors.push((403, "`forbidden`: the admin key lacks the scope this route needs"));
+        }
+        Access::EdgeSignature => errors.push((
+            401,
+            "`bad_timestamp`, `stale_timestamp` or `bad_signature`: the body is not signed by an edge holding the sync secret",
+        )),
+        Access::Public => {}
     }
     if route.path.contains("{id}") {
         errors.push((404, "`key_not_found`: no API key has this id"));
@@ -103,6 +110,9 @@ impl utoipa::Modify for FromRouteTable {
                         Some(text) if !text.is_empty() => format!("{text}\n\n{needs}"),
                         _ => needs,
                     });
+                }
+                Access::EdgeSignature => {
+                    operation.security = Some(vec![SecurityRequirement::new("edge_signature", Vec::<String>::new())]);
                 }
                 // No credential: an empty requirement list says so explicitly.
                 Access::Public => operation.security = Some(Vec::new()),

@@ -92,6 +92,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         super::admin::rotate_key,
         super::admin::revoke_key, super::admin::reveal_key, super::admin::audit_log, super::admin::rewrap,
         super::origin_keys::list, super::origin_keys::rotate, super::origin_keys::jwks,
+        super::usage::ingest, super::usage::key_usage,
         verify, healthz, readyz, metrics, openapi
     ),
     modifiers(&BearerAuth, &FromRouteTable)
@@ -109,6 +110,15 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("a keygate admin key")).build(),
             ),
+        );
+        components.add_security_scheme(
+            "edge_signature",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    keygate_shared::sync::SIGNATURE_HEADER,
+                    "hex HMAC-SHA256 of `X-Keygate-Timestamp` + \".\" + body, under the usage key derived from the sync secret",
+                ),
+            )),
         );
     }
 }

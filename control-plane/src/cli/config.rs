@@ -185,6 +185,7 @@ impl Config {
                 publish_lead_secs: self.origin_key_publish_secs,
                 token_ttl_secs: self.origin_token_ttl_secs,
             },
+            sync_secret: self.sync_secret.clone(),
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))

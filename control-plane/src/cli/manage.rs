@@ -15,6 +15,7 @@ use crate::api::admin::{CreatedResponse, KeyResponse};
 use crate::key_update::KeyUpdate;
 use crate::replicator::Replicator;
 use crate::service::{Actor, NewKey, Service, ServiceError};
+use crate::usage::{KeyCursor, KeyListing, KeyOrder};
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("keygate: {message}");
@@ -82,6 +83,10 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 
     };
     let replication =
         replicator(config, &service).map(|replicator| tokio::spawn(replicator.run(until_stopped(stopped.clone()))));
+    let pruning = tokio::spawn(
+        crate::usage::pruner::Pruner::new(service.store().clone(), service.clock().clone())
+            .run(until_stopped(stopped.clone())),
+    );
     tracing::info!(
         listen = %config.listen,
         database = service.store().dialect(),
@@ -93,6 +98,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 
     if let Some(replication) = replication {
         let _ = replication.await;
     }
+    let _ = pruning.await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("server error: {e}")),
@@ -152,14 +158,21 @@ pub enum KeysCommand {
         #[arg(long, value_parser = parse_json_object)]
         metadata: Option<serde_json::Value>,
     },
-    /// List keys in creation order.
+    /// List keys in creation order (or by last use).
     List {
         /// Page size.
         #[arg(long, default_value_t = 100)]
         limit: i64,
-        /// Continue after this api_key_id.
+        /// Continue after this api_key_id (with `--sort last-used`: the previous page's last
+        /// `<last use or -1>.<api_key_id>`).
         #[arg(long)]
         after: Option<String>,
+        /// `created` (default) or `last-used` (most recently used first, never-used keys last).
+        #[arg(long, value_enum)]
+        sort: Option<ListSort>,
+        /// Only keys unused for more than this many days (never used and older, or last used before).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=3650))]
+        unused_days: Option<i64>,
     },
     /// Show one key.
     Show {
@@ -221,6 +234,40 @@ pub enum KeysCommand {
     },
 }
 
+/// The order of `keys list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListSort {
+    /// Creation order.
+    Created,
+    /// Most recently used first.
+    LastUsed,
+}
+
+/// The listing `keys list --sort/--unused-days` asks for.
+fn listing(
+    service: &Service,
+    limit: i64,
+    after: Option<&str>,
+    sort: Option<ListSort>,
+    unused_days: Option<i64>,
+) -> Result<KeyListing, ExitCode> {
+    let order = match sort {
+        Some(ListSort::LastUsed) => KeyOrder::LastUsed,
+        Some(ListSort::Created) | None => KeyOrder::Created,
+    };
+    let after = match (order, after) {
+        (_, None) => None,
+        (KeyOrder::Created, Some(text)) => Some(KeyCursor::Created(key_id(text)?)),
+        (KeyOrder::LastUsed, Some(text)) => {
+            let bad = || fail(format!("{text:?} is not <last use or -1>.<api_key_id>"));
+            let (at, id) = text.split_once('.').ok_or_else(bad)?;
+            Some(KeyCursor::LastUsed(at.parse().map_err(|_| bad())?, key_id(id)?))
+        }
+    };
+    let unused_since = unused_days.map(|days| service.clock().now() - days * 86_400);
+    Ok(KeyListing { order, unused_since, after, limit })
+}
+
 fn parse_json_object(text: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(value) if value.is_object() => Ok(value),
@@ -245,7 +292,17 @@ impl KeysCommand {
                 let request = NewKey { name, tier, permissions, expires_in_days, region: None, owner, metadata };
                 service.create(&actor, request).await.map(|created| print_json(out, &CreatedResponse::from(created)))
             }
-            Self::List { limit, after } => {
+            Self::List { limit, after, sort, unused_days } if sort.is_some() || unused_days.is_some() => {
+                let listing = match listing(&service, limit, after.as_deref(), sort, unused_days) {
+                    Ok(listing) => listing,
+                    Err(code) => return code,
+                };
+                service
+                    .list_keys(listing)
+                    .await
+                    .map(|views| print_json(out, &views.into_iter().map(KeyResponse::from).collect::<Vec<_>>()))
+            }
+            Self::List { limit, after, .. } => {
                 let after = match after.as_deref().map(key_id).transpose() {
                     Ok(after) => after,
                     Err(code) => return code,

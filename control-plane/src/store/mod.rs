@@ -7,6 +7,7 @@
 //! follow commit order, and a stale read is caught by the conditions (a [`StoreError::Conflict`]).
 
 mod sql;
+mod usage;
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use keygate_shared::{KeyId, SecretHash};
 
 pub use sql::SqlStore;
+pub use usage::UsageStore;
 
 use crate::audit::{AuditDraft, AuditEntry};
 use crate::kms::WrappedKey;
@@ -54,6 +56,8 @@ pub struct KeyRow {
     /// Bumped by every in-place change ([`Op::Update`]); rerolls and revocations check it, so no
     /// change is made from a read that another one has overtaken.
     pub revision: i64,
+    /// The start of the latest minute with an admitted request the edge reported; `None` if never.
+    pub last_used_at: Option<i64>,
 }
 
 /// One generation of a key's secret: its hash, and the key text sealed under a KMS-wrapped data key.
@@ -293,7 +297,7 @@ impl From<sqlx::Error> for StoreError {
 
 /// Storage for the control plane.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + fmt::Debug {
+pub trait Store: UsageStore + Send + Sync + fmt::Debug {
     /// `sqlite` or `postgres`.
     fn dialect(&self) -> &'static str;
     /// Runs the embedded migrations.

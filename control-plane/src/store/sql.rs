@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::{Change, KeyRow, Op, OriginKeyRow, OutboxRow, RewrapRun, RowCounts, SecretRow, Store, StoreError};
 use crate::audit::AuditEntry;
 
+mod usage;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -104,7 +106,10 @@ impl Dialect for Postgres {
 }
 
 const KEY_COLUMNS: &str = "id, name, owner, tier, permissions, metadata, prefix, region, created_at, expires_at, \
-     rotated_at, revoked_at, revoked_reason, generation, disabled_at, revision";
+     rotated_at, revoked_at, revoked_reason, generation, disabled_at, revision, last_used_at";
+/// The columns a new key is inserted with (`last_used_at` starts NULL).
+const KEY_INSERT_COLUMNS: &str = "id, name, owner, tier, permissions, metadata, prefix, region, created_at, \
+     expires_at, rotated_at, revoked_at, revoked_reason, generation, disabled_at, revision";
 const SECRET_COLUMNS: &str = "key_id, generation, secret_hash, ciphertext, wrapped_data_key, kms_key_id, \
      data_key_version, created_at, not_after, data_key_id";
 const OUTBOX_COLUMNS: &str = "seq, key_id, record, created_at, delivered_at";
@@ -160,6 +165,7 @@ where
             generation: row.try_get(13)?,
             disabled_at: row.try_get(14)?,
             revision: row.try_get(15)?,
+            last_used_at: row.try_get(16)?,
         })
     }
 
@@ -307,7 +313,7 @@ where
                 Op::InsertKey(key) => {
                     let permissions = serde_json::to_string(&key.permissions).map_err(|_| corrupt("permissions"))?;
                     sqlx::query(&format!(
-                        "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                        "INSERT INTO api_keys ({KEY_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                     ))
                     .bind(key.id.to_string())
                     .bind(key.name.clone())

@@ -98,7 +98,7 @@ async fn every_route_in_the_table_answers_each_credential_as_its_access_says() {
         .iter()
         .filter_map(|route| match route.access {
             Access::Admin(scope) => Some((route, scope)),
-            Access::Public => None,
+            Access::Public | Access::EdgeSignature => None,
         })
         .collect();
     assert!(!admin_routes.is_empty());
@@ -141,6 +141,17 @@ async fn every_route_in_the_table_answers_each_credential_as_its_access_says() {
         );
     }
 
+    // Signed routes take no key in place of the signature: not even an admin key with every scope.
+    let admin_bearer = Some(format!("Bearer {}", app.admin_key));
+    for route in table.iter().filter(|route| route.access == Access::EdgeSignature) {
+        let path = fill(route.path, &revoked_id);
+        for (what, authorization) in unauthorized.iter().chain([&("the admin:* key", admin_bearer.clone())]) {
+            let (status, _, answer) = send(&app, route, &path, authorization.as_deref()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{} with {what}: {answer}", label(route));
+            assert!(answer["error"]["code"].is_string(), "{}: {answer}", label(route));
+        }
+    }
+
     // Public routes answer without a key (any key id fills a path parameter).
     for route in table.iter().filter(|route| route.access == Access::Public) {
         let (status, _, answer) = send(&app, route, &fill(route.path, &revoked_id), None).await;
@@ -167,7 +178,7 @@ async fn the_route_table_matches_the_readme_and_the_openapi_document() {
     in_readme.sort();
     in_table.sort();
     assert_eq!(in_table, in_readme, "the table's admin routes and the README's admin API table differ");
-    for route in table.iter().filter(|route| route.access == Access::Public) {
+    for route in table.iter().filter(|route| !matches!(route.access, Access::Admin(_))) {
         assert!(section.contains(route.path), "{} is not in the README's admin API table", label(route));
     }
 
@@ -181,6 +192,7 @@ async fn the_route_table_matches_the_readme_and_the_openapi_document() {
             Access::Admin(scope) => json!([{"admin_key": [scope.as_str()]}]),
             // Public: an empty requirement list, "no credential", said explicitly.
             Access::Public => json!([]),
+            Access::EdgeSignature => json!([{"edge_signature": []}]),
         };
         assert_eq!(operation["security"], security, "{}: the OpenAPI document declares other access", label(route));
     }

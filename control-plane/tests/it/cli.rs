@@ -88,6 +88,11 @@ fn an_operator_manages_keys_from_the_command_line() {
     assert_eq!(created["metadata"]["team"], "a");
     let listed = env.json(&["keys", "list"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(env.json(&["keys", "list", "--unused-days", "1"]), serde_json::json!([]), "every key is new");
+    let by_use = env.json(&["keys", "list", "--sort", "last-used", "--limit", "1"]);
+    assert_eq!(by_use.as_array().unwrap().len(), 1);
+    assert_eq!(by_use[0]["last_used_at"], Value::Null, "no edge reported any use");
+    assert_eq!(env.run(&["keys", "list", "--unused-days", "0"]).status.code(), Some(2));
     assert_eq!(env.json(&["keys", "show", &id])["name"], "demo");
 
     let rotated = env.json(&["keys", "rotate", &id, "--grace-period-secs", "0"]);

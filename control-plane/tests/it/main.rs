@@ -16,3 +16,4 @@ mod origin_keys;
 mod replication;
 mod safety;
 mod support;
+mod usage;

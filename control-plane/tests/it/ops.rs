@@ -56,6 +56,10 @@ async fn every_operation_documents_its_errors_and_its_security() {
                 assert!(operation["description"].as_str().unwrap().contains(scope.as_str()), "{name}");
                 expected.extend(["401", "403", "503"]);
             }
+            Access::EdgeSignature => {
+                assert_eq!(operation["security"], serde_json::json!([{"edge_signature": []}]), "{name}");
+                expected.push("401");
+            }
             Access::Public => assert_eq!(operation["security"], serde_json::json!([]), "{name}"),
         }
         if route.path.contains("{id}") {

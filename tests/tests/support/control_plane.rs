@@ -35,6 +35,9 @@ impl ControlPlane {
 
     pub async fn start_with(store: Arc<dyn Store>, kms: Arc<dyn Kms>, edge: &str, settings: Settings) -> Self {
         store.migrate().await.unwrap();
+        // As `keygate serve --sync-secret` does: the same secret also checks the edge's usage reports.
+        let settings =
+            Settings { sync_secret: settings.sync_secret.or(Some(SyncSecret::new(SYNC_SECRET))), ..settings };
         let service =
             Arc::new(Service::new(store.clone(), kms, Arc::new(SystemClock), Box::new(rand_core::OsRng), settings));
         let admin = service.bootstrap_admin().await.unwrap().key.expose().to_owned();

@@ -28,6 +28,14 @@ pub fn postgres_url() -> String {
     std::env::var("KEYGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// The sync secret of every test control plane (it also keys the edge's usage reports).
+pub const SYNC_SECRET: &str = "test sync secret";
+
+/// The settings of a test control plane: the defaults, with [`SYNC_SECRET`].
+pub fn test_settings() -> Settings {
+    Settings { sync_secret: Some(keygate_shared::SyncSecret::new(SYNC_SECRET)), ..Settings::default() }
+}
+
 /// A unix time well inside the key lifetimes the tests use.
 pub const T0: i64 = 1_800_000_000;
 
@@ -51,7 +59,7 @@ fn unique(name: &str) -> String {
 impl TestApp {
     async fn assemble(store: Arc<dyn Store>, kms: Arc<dyn Kms>, dir: PathBuf) -> Self {
         let clock = Arc::new(ManualClock::at(T0));
-        let service = Arc::new(Service::new(store.clone(), kms, clock.clone(), Box::new(OsRng), Settings::default()));
+        let service = Arc::new(Service::new(store.clone(), kms, clock.clone(), Box::new(OsRng), test_settings()));
         let admin_key = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
         let router = keygate_control_plane::api::router(service.clone());
         Self { service, store, clock, router, admin_key, kms_server: None, sqlite_path: None, pg_schema: None, dir }
@@ -135,6 +143,30 @@ impl TestApp {
     pub fn with_kms(&self, kms: Arc<dyn Kms>) -> Self {
         let service =
             Arc::new(Service::new(self.store.clone(), kms, self.clock.clone(), Box::new(OsRng), Settings::default()));
+        let router = keygate_control_plane::api::router(service.clone());
+        Self {
+            service,
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            router,
+            admin_key: self.admin_key.clone(),
+            kms_server: None,
+            sqlite_path: None,
+            pg_schema: None,
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Another control plane over this one's store, clock and admin key, with `settings`. It owns
+    /// nothing: cleanup stays with `self`.
+    pub fn with_settings(&self, settings: Settings) -> Self {
+        let service = Arc::new(Service::new(
+            self.store.clone(),
+            self.service.kms().clone(),
+            self.clock.clone(),
+            Box::new(OsRng),
+            settings,
+        ));
         let router = keygate_control_plane::api::router(service.clone());
         Self {
             service,
