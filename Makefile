@@ -53,9 +53,9 @@ lint: setup
 	$(CARGO) clippy -p keygate-shared --target $(WASM_TARGET) --no-default-features -- -D warnings
 	$(CARGO) clippy -p keygate-edge --target $(WASM_TARGET) -- -D warnings
 
-# P1–P8 (BENCHMARKS.md): criterion, issuance and rewrap on SQLite/PostgreSQL with both KMS providers,
+# P1–P8 and P11 (BENCHMARKS.md): criterion, issuance and rewrap on SQLite/PostgreSQL with both KMS providers,
 # the worker bundle, the keygate worker against a pass-through worker in workerd, revocation propagation
-# and the verify API, then the table of medians in target/bench/report.md. Needs PostgreSQL on
+# and the verify API, the usage ingest beside it, then the table of medians in target/bench/report.md. Needs PostgreSQL on
 # 127.0.0.1:5432 (BENCH_PG); starts everything else itself. BENCH_MODE=smoke runs each step briefly.
 bench: setup
 	scripts/bench.sh

@@ -5,7 +5,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_shared::sync::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use keygate_shared::usage::{self, UsageBatch};
@@ -40,7 +41,25 @@ fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -
     ApiError::new(status, code, message)
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+/// An ingest error: the JSON error, without the `WWW-Authenticate: Bearer` challenge of a 401, since
+/// no bearer token is taken here.
+pub(crate) struct IngestError(ApiError);
+
+impl From<ApiError> for IngestError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let mut response = self.0.into_response();
+        response.headers_mut().remove(header::WWW_AUTHENTICATE);
+        response
+    }
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
     headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("")
 }
 
@@ -66,9 +85,9 @@ pub(crate) async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IngestResponse>, ApiError> {
+) -> Result<Json<IngestResponse>, IngestError> {
     let Some(secret) = state.service.settings().sync_secret.as_ref() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "usage reporting is off: no sync secret"));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "usage reporting is off: no sync secret").into());
     };
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -78,7 +97,7 @@ pub(crate) async fn ingest(
         }
     })?;
     let now = state.service.clock().now();
-    usage::verify(secret, header(&headers, TIMESTAMP_HEADER), header(&headers, SIGNATURE_HEADER), &body, now)
+    usage::verify(secret, header_text(&headers, TIMESTAMP_HEADER), header_text(&headers, SIGNATURE_HEADER), &body, now)
         .map_err(|error| refused(StatusCode::UNAUTHORIZED, error.code(), error.to_string()))?;
     let batch: UsageBatch = serde_json::from_slice(&body).map_err(|error| {
         if error.is_data() {
@@ -89,7 +108,7 @@ pub(crate) async fn ingest(
     })?;
     check_batch(&batch, now)
         .map_err(|error| refused(StatusCode::UNPROCESSABLE_ENTITY, error.code(), error.to_string()))?;
-    Ok(Json(match state.service.ingest_usage(&batch).await? {
+    Ok(Json(match state.service.ingest_usage(&batch).await.map_err(ApiError::from)? {
         IngestOutcome::Applied { rows, skipped } => {
             IngestResponse { applied: true, rows: Some(rows), skipped: Some(skipped) }
         }

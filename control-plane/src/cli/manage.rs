@@ -163,8 +163,7 @@ pub enum KeysCommand {
         /// Page size.
         #[arg(long, default_value_t = 100)]
         limit: i64,
-        /// Continue after this api_key_id (with `--sort last-used`: the previous page's last
-        /// `<last use or -1>.<api_key_id>`).
+        /// Continue after this api_key_id (the previous page's last, in either order).
         #[arg(long)]
         after: Option<String>,
         /// `created` (default) or `last-used` (most recently used first, never-used keys last).
@@ -243,8 +242,9 @@ pub enum ListSort {
     LastUsed,
 }
 
-/// The listing `keys list --sort/--unused-days` asks for.
-fn listing(
+/// The listing `keys list --sort/--unused-days` asks for. `--after` names the previous page's last
+/// key in either order: its current last use is where a last-use page continues.
+async fn listing(
     service: &Service,
     limit: i64,
     after: Option<&str>,
@@ -255,13 +255,12 @@ fn listing(
         Some(ListSort::LastUsed) => KeyOrder::LastUsed,
         Some(ListSort::Created) | None => KeyOrder::Created,
     };
-    let after = match (order, after) {
-        (_, None) => None,
-        (KeyOrder::Created, Some(text)) => Some(KeyCursor::Created(key_id(text)?)),
-        (KeyOrder::LastUsed, Some(text)) => {
-            let bad = || fail(format!("{text:?} is not <last use or -1>.<api_key_id>"));
-            let (at, id) = text.split_once('.').ok_or_else(bad)?;
-            Some(KeyCursor::LastUsed(at.parse().map_err(|_| bad())?, key_id(id)?))
+    let after = match after.map(key_id).transpose()? {
+        None => None,
+        Some(id) if order == KeyOrder::Created => Some(KeyCursor::Created(id)),
+        Some(id) => {
+            let (view, _) = service.show(id).await.map_err(report)?;
+            Some(KeyCursor::LastUsed(view.row.last_used_at.unwrap_or(-1), id))
         }
     };
     let unused_since = unused_days.map(|days| service.clock().now() - days * 86_400);
@@ -293,7 +292,7 @@ impl KeysCommand {
                 service.create(&actor, request).await.map(|created| print_json(out, &CreatedResponse::from(created)))
             }
             Self::List { limit, after, sort, unused_days } if sort.is_some() || unused_days.is_some() => {
-                let listing = match listing(&service, limit, after.as_deref(), sort, unused_days) {
+                let listing = match listing(&service, limit, after.as_deref(), sort, unused_days).await {
                     Ok(listing) => listing,
                     Err(code) => return code,
                 };

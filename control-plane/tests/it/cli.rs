@@ -92,6 +92,10 @@ fn an_operator_manages_keys_from_the_command_line() {
     let by_use = env.json(&["keys", "list", "--sort", "last-used", "--limit", "1"]);
     assert_eq!(by_use.as_array().unwrap().len(), 1);
     assert_eq!(by_use[0]["last_used_at"], Value::Null, "no edge reported any use");
+    let first = by_use[0]["api_key_id"].as_str().unwrap();
+    let next = env.json(&["keys", "list", "--sort", "last-used", "--after", first]);
+    assert_eq!(next.as_array().unwrap().len(), 1, "the page after the first of two");
+    assert_ne!(next[0]["api_key_id"], by_use[0]["api_key_id"]);
     assert_eq!(env.run(&["keys", "list", "--unused-days", "0"]).status.code(), Some(2));
     assert_eq!(env.json(&["keys", "show", &id])["name"], "demo");
 

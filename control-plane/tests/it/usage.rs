@@ -197,6 +197,11 @@ async fn refused_batches_store_nothing(app: TestApp) {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {answer}");
         assert!(answer["error"]["code"].is_string(), "{what}: {answer}");
     }
+    // No bearer challenge: this route takes none.
+    let unsigned = Request::builder().method(Method::POST).uri(USAGE_PATH).body(Body::from(body.clone())).unwrap();
+    let (status, headers, _) = app.send(unsigned).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get(header::WWW_AUTHENTICATE).is_none(), "{headers:?}");
     let signed = |value: &Value| {
         let body = value.to_string().into_bytes();
         (sign(&secret(), now, &body), body)
