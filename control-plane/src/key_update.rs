@@ -26,7 +26,8 @@ pub struct KeyUpdate {
     pub metadata: Option<Option<Value>>,
     /// Owner, up to 200 characters; `null` clears it.
     pub owner: Option<Option<String>>,
-    /// New expiry, RFC 3339: later than now, and at most [`MAX_EXPIRY_DAYS`] after the key was made.
+    /// New expiry, RFC 3339; clamped to [`MAX_EXPIRY_DAYS`] after the key was made, and one not later
+    /// than now expires the key at once.
     pub expires_at: Option<Option<String>>,
     /// `false` switches the key off (it answers like a revoked one), `true` on again.
     pub enabled: Option<Option<bool>>,
@@ -95,21 +96,11 @@ impl KeyUpdate {
 }
 
 impl CheckedUpdate {
-    /// `row` as it will be stored after the update at `now`, one revision on. A new expiry must be
-    /// later than `now` and no more than [`MAX_EXPIRY_DAYS`] after the key was made: the longest
-    /// lifetime `create` gives.
+    /// `row` as it will be stored after the update at `now`, one revision on. A new expiry is taken
+    /// as given up to [`MAX_EXPIRY_DAYS`] after the key was made (the longest lifetime `create` gives)
+    /// and clamped to that; one not later than `now` expires the key at once (a later update can move
+    /// it again).
     pub fn apply(self, row: &KeyRow, now: i64) -> Result<KeyRow, ServiceError> {
-        if let Some(end) = self.expires_at {
-            let latest = row.created_at.saturating_add(MAX_EXPIRY_DAYS * DAY);
-            if end <= now || end > latest {
-                return Err(ServiceError::invalid(
-                    "invalid_expiry",
-                    format!(
-                        "expires_at must be in the future and at most {MAX_EXPIRY_DAYS} days after the key was created"
-                    ),
-                ));
-            }
-        }
         let mut updated = row.clone();
         updated.revision = row.revision + 1;
         if let Some(name) = self.name {
@@ -128,7 +119,7 @@ impl CheckedUpdate {
             updated.owner = owner;
         }
         if let Some(end) = self.expires_at {
-            updated.expires_at = Some(end);
+            updated.expires_at = Some(end.min(row.created_at.saturating_add(MAX_EXPIRY_DAYS * DAY)));
         }
         match self.enabled {
             // Disabling a disabled key keeps the time it was first switched off.

@@ -265,10 +265,16 @@ pub(crate) async fn list_keys(
     if query.sort.is_some() || query.unused_days.is_some() {
         return list_by_use(&state, query, limit).await.map(Json);
     }
-    let after = query_key_id(query.after.as_deref(), "after")?;
+    let after = query_key_id(query.after.as_deref().map(cursor_key_id), "after")?;
     let views = state.service.list(after, limit).await?;
     let next_after = (views.len() as i64 == limit).then(|| views.last().map(|v| v.row.id.to_string())).flatten();
     Ok(Json(KeyPage { items: views.into_iter().map(KeyResponse::from).collect(), next_after }))
+}
+
+/// The key id of a `next_after` of either order (`<id>`, or `<last use>.<id>`): a cursor from one
+/// order continues the other after the same key.
+fn cursor_key_id(after: &str) -> &str {
+    after.rsplit_once('.').map_or(after, |(_, id)| id)
 }
 
 /// The key list with `sort` or `unused_days`: filtered and ordered in the database.
@@ -277,11 +283,20 @@ async fn list_by_use(state: &AppState, query: ListQuery, limit: i64) -> Result<K
     let bad_after = || ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", "after must be a next_after");
     let after = match (order, query.after.as_deref()) {
         (_, None) => None,
-        (KeyOrder::Created, Some(text)) => Some(KeyCursor::Created(text.parse().map_err(|_| bad_after())?)),
-        (KeyOrder::LastUsed, Some(text)) => {
-            let (at, id) = text.split_once('.').ok_or_else(bad_after)?;
-            Some(KeyCursor::LastUsed(at.parse().map_err(|_| bad_after())?, id.parse().map_err(|_| bad_after())?))
+        (KeyOrder::Created, Some(text)) => {
+            Some(KeyCursor::Created(cursor_key_id(text).parse().map_err(|_| bad_after())?))
         }
+        (KeyOrder::LastUsed, Some(text)) => match text.split_once('.') {
+            Some((at, id)) => {
+                Some(KeyCursor::LastUsed(at.parse().map_err(|_| bad_after())?, id.parse().map_err(|_| bad_after())?))
+            }
+            // A bare key id continues after that key's place in this order, as of now.
+            None => {
+                let id: KeyId = text.parse().map_err(|_| bad_after())?;
+                let row = state.service.store().key(id).await.map_err(crate::service::ServiceError::from)?;
+                Some(KeyCursor::LastUsed(row.and_then(|row| row.last_used_at).unwrap_or(-1), id))
+            }
+        },
     };
     let unused_since = match query.unused_days {
         None => None,
@@ -447,10 +462,11 @@ fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
 /// clears `owner`, resets `metadata` to `{}` and is refused (422) for the others.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateKeyRequest {
     /// Display name, 1 to 200 characters.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200, pattern = r"\S")]
     name: Option<Option<String>>,
     /// Rate-limit tier, `[a-z0-9_-]{1,32}`.
     #[serde(default, deserialize_with = "present")]
@@ -458,7 +474,7 @@ pub struct UpdateKeyRequest {
     tier: Option<Option<String>>,
     /// The whole new permission set (at most 64), e.g. `query:read`, `batch:10`, `*`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Vec<String>, required = false, max_items = 64)]
+    #[schema(value_type = Vec<super::openapi::PermissionString>, inline, required = false, max_items = 64)]
     permissions: Option<Option<Vec<String>>>,
     /// A JSON object of at most 8 KiB; `null` resets it to `{}`.
     #[serde(default, deserialize_with = "present")]

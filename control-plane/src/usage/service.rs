@@ -87,17 +87,12 @@ impl Service {
         let granularity = query.granularity.unwrap_or(Granularity::Hour);
         let to = query.to.unwrap_or_else(|| self.clock().now());
         let from = query.from.unwrap_or(to - granularity.default_span_secs());
-        if from >= to {
-            return Err(invalid("invalid_range", "from must be before to"));
-        }
-        let from = granularity.bucket(from);
-        let buckets = (to - from + granularity.seconds() - 1) / granularity.seconds();
-        if buckets > MAX_BUCKETS {
-            return Err(invalid(
-                "too_many_buckets",
-                format!("the range holds {buckets} {} buckets; at most {MAX_BUCKETS}", granularity.as_str()),
-            ));
-        }
+        // Clamps, not refusals (a query whose times are each valid is answered): a range that ends
+        // before it starts is empty, and a longer one than MAX_BUCKETS keeps its last MAX_BUCKETS
+        // buckets. The answer's `from` and `to` say what was counted.
+        let last_bucket = granularity.bucket(to - 1);
+        let earliest = last_bucket - (MAX_BUCKETS - 1) * granularity.seconds();
+        let from = if from >= to { to } else { granularity.bucket(from).max(earliest) };
         let limit = query.limit.unwrap_or(DEFAULT_OPERATIONS);
         if !(1..=MAX_OPERATIONS).contains(&limit) {
             return Err(invalid("invalid_limit", format!("limit must be between 1 and {MAX_OPERATIONS}")));

@@ -34,6 +34,20 @@ impl ControlPlane {
     }
 
     pub async fn start_with(store: Arc<dyn Store>, kms: Arc<dyn Kms>, edge: &str, settings: Settings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, store, kms, edge, settings).await
+    }
+
+    /// The same, serving on `listener` (a test that stops a control plane and starts another on the
+    /// same address, or whose edge must know the address first). A store that already has an admin
+    /// key keeps it, and `admin` is then a new one.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        store: Arc<dyn Store>,
+        kms: Arc<dyn Kms>,
+        edge: &str,
+        settings: Settings,
+    ) -> Self {
         store.migrate().await.unwrap();
         // As `keygate serve --sync-secret` does: the same secret also checks the edge's usage reports.
         let settings =
@@ -42,7 +56,6 @@ impl ControlPlane {
             Arc::new(Service::new(store.clone(), kms, Arc::new(SystemClock), Box::new(rand_core::OsRng), settings));
         let admin = service.bootstrap_admin().await.unwrap().key.expose().to_owned();
         service.ensure_origin_key().await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(keygate_control_plane::api::run(listener, service.clone(), until_stopped(stopped.clone())));
