@@ -101,6 +101,7 @@ pub struct CreateKeyRequest {
     permissions: Vec<String>,
     /// Lifetime in days (1 to 3650); 90 when absent.
     #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "super::error::whole_number")]
     expires_in_days: Option<i64>,
     /// Region of the key text, `[a-z0-9]+` words joined by `_`; the deployment's when absent.
     #[schema(max_length = 165, pattern = r"^[a-z0-9]+(_[a-z0-9]+)*$")]
@@ -376,6 +377,7 @@ fn generation(secret: &SecretRow, current: i64, now: i64) -> GenerationResponse 
 pub struct RotateRequest {
     /// How long the old secret keeps working, 0 to 2592000 s (default 86400), capped at the key's expiry.
     #[schema(minimum = 0, maximum = 2592000)]
+    #[serde(default, deserialize_with = "super::error::whole_number")]
     grace_period_secs: Option<i64>,
 }
 

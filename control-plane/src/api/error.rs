@@ -90,39 +90,51 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let mut value = match axum::Json::<serde_json::Value>::from_request(request, state).await {
-            Ok(axum::Json(value)) => value,
-            Err(rejection) => return Err(json_rejection(rejection)),
-        };
+        if !json_content_type(request.headers()) {
+            return Err(json_rejection(JsonRejection::MissingJsonContentType(Default::default())));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| json_rejection(JsonRejection::BytesRejection(rejection)))?;
         // serde reads a struct from an array of its fields too; the API takes objects (or `null` where a
-        // body is optional) only, as its document says.
-        if !(value.is_object() || value.is_null()) {
+        // body is optional) only, as its document says. Other JSON is a 422, other text a 400 below.
+        let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first.is_some_and(|b| *b != b'{' && *b != b'n')
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+        {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_body",
                 "the body must be a JSON object",
             ));
         }
-        whole_numbers_as_integers(&mut value);
-        serde_json::from_value(value).map(Self).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", format!("the body does not fit: {e}"))
-        })
+        axum::Json::<T>::from_bytes(&bytes).map(|axum::Json(value)| Self(value)).map_err(json_rejection)
     }
 }
 
-/// JSON has one number type, and JSON Schema calls `3.0` an integer: a whole number written with a
-/// fraction becomes the integer it is, so an integer field takes it.
-fn whole_numbers_as_integers(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Number(number) if number.is_f64() => {
-            if let Some(whole) = number.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
-                // |whole| < 2^53: the conversion is exact.
-                *value = serde_json::Value::from(whole as i64);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
-        serde_json::Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
-        _ => {}
+/// `application/json` or another `application/*+json` type, as axum's own JSON extractor takes.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(essence) =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let essence = essence.trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// An optional integer field as JSON Schema reads one: JSON has one number type, and `3.0` is an
+/// integer to JSON Schema, so a whole number written with a fraction is taken; `3.5` is refused.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let number = <Option<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)?;
+    let Some(number) = number else { return Ok(None) };
+    if let Some(integer) = number.as_i64() {
+        return Ok(Some(integer));
+    }
+    match number.as_f64() {
+        // |f| < 2^53: the conversion is exact.
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(format!("invalid type: {number}, expected an integer"))),
     }
 }
 

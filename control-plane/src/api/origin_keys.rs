@@ -21,6 +21,7 @@ pub struct RotateOriginKeyRequest {
     /// Seconds until edges sign with the new key (0 to 604800); the server's publish lead when absent,
     /// so origins caching the JWKS learn the key first. 0 switches at once: for a compromised key.
     #[schema(minimum = 0, maximum = 604800)]
+    #[serde(default, deserialize_with = "super::error::whole_number")]
     activate_in_secs: Option<i64>,
 }
 
