@@ -20,6 +20,7 @@ use crate::audit::{verify_chain, AuditDraft, AuditEntry, ChainBreak};
 use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
 use crate::kms::{Kms, KmsContext, KmsError};
+use crate::leaks::LeakSettings;
 use crate::origin_keys::{self, OriginKeyError, OriginKeyPolicy, OriginKeyStatus, OriginKeys};
 use crate::rng::SharedRng;
 use crate::store::{Change, KeyRow, Op, OriginKeyRow, SecretRow, Store, StoreError};
@@ -56,6 +57,8 @@ pub struct Settings {
     pub failed_attempts_per_minute: u32,
     /// How the origin's signing keys are published and retired.
     pub origin_keys: OriginKeyPolicy,
+    /// What a leaked key's report does, and whose signatures GitHub's reports carry.
+    pub leaks: LeakSettings,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             verify_cache_ms: 1_000,
             failed_attempts_per_minute: keygate_shared::attempts::DEFAULT_LIMIT,
             origin_keys: OriginKeyPolicy::default(),
+            leaks: LeakSettings::default(),
         }
     }
 }
@@ -184,6 +188,8 @@ pub enum Actor {
     Anonymous,
     /// keygate itself, e.g. the first origin signing key made at start-up.
     System,
+    /// Whoever reported a leaked key: `github-secret-scanning` or `leak-report`.
+    Reporter(&'static str),
 }
 
 impl Actor {
@@ -193,6 +199,7 @@ impl Actor {
             Self::Cli => "cli".into(),
             Self::Anonymous => "anonymous".into(),
             Self::System => "system".into(),
+            Self::Reporter(name) => (*name).into(),
         }
     }
 }
@@ -388,6 +395,11 @@ impl Service {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The deployment settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The origin signing keys, for the replicator.
@@ -642,6 +654,17 @@ impl Service {
 
     /// Revokes a key at once. Revoking a revoked key changes nothing and answers with its metadata.
     pub async fn revoke(&self, actor: &Actor, id: KeyId, reason: Option<String>) -> Result<KeyView, ServiceError> {
+        self.revoke_noting(actor, id, reason, serde_json::Map::new()).await
+    }
+
+    /// [`Service::revoke`], with `note`'s fields added to the audit entry's detail (where a leak was found).
+    pub async fn revoke_noting(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        reason: Option<String>,
+        note: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<KeyView, ServiceError> {
         if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
             return Err(ServiceError::invalid("invalid_reason", "reason must be at most 500 characters"));
         }
@@ -653,7 +676,11 @@ impl Service {
             action: "key.revoke".into(),
             key_id: Some(id),
             outcome: "ok".into(),
-            detail: json_text(&json!({"reason": reason})),
+            detail: json_text(&{
+                let mut detail = note;
+                detail.insert("reason".into(), json!(reason));
+                serde_json::Value::Object(detail)
+            }),
         };
         if row.revoked_at.is_some() {
             audit.outcome = "already_revoked".into();

@@ -6,6 +6,7 @@ mod limits;
 mod openapi;
 pub mod ops;
 pub mod origin_keys;
+pub mod secret_scanning;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -118,6 +119,11 @@ impl RouteSpec {
     fn untimed(self) -> Self {
         Self { untimed: true, ..self }
     }
+
+    /// A larger body limit than [`BODY_LIMIT`] for this route alone.
+    fn body_limit(self, bytes: usize) -> Self {
+        Self { handler: self.handler.layer(DefaultBodyLimit::max(bytes)), ..self }
+    }
 }
 
 /// Every route, declared once: [`router`] is built from this table, and the auth-matrix test sends
@@ -138,6 +144,10 @@ pub fn routes() -> Vec<RouteSpec> {
         RouteSpec::post("/admin/origin-keys/rotate", Admin(AdminScope::OriginKeys), origin_keys::rotate),
         RouteSpec::get("/.well-known/jwks.json", Public, origin_keys::jwks),
         RouteSpec::post("/v1/keys/verify", Public, ops::verify),
+        // GitHub signs its reports; the handler checks the signature before anything else.
+        RouteSpec::post("/v1/secret-scanning/github", Public, secret_scanning::github)
+            .body_limit(secret_scanning::GITHUB_BODY_LIMIT),
+        RouteSpec::post("/v1/keys/report", Public, secret_scanning::report),
         RouteSpec::get("/healthz", Public, ops::healthz),
         RouteSpec::get("/readyz", Public, ops::readyz),
         RouteSpec::get("/metrics", Public, ops::metrics),

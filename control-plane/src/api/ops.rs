@@ -91,7 +91,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         super::admin::create_key, super::admin::list_keys, super::admin::show_key, super::admin::rotate_key,
         super::admin::revoke_key, super::admin::reveal_key, super::admin::audit_log, super::admin::rewrap,
         super::origin_keys::list, super::origin_keys::rotate, super::origin_keys::jwks,
-        verify, healthz, readyz, metrics, openapi
+        verify, super::secret_scanning::github, super::secret_scanning::report, healthz, readyz, metrics, openapi
     ),
     modifiers(&BearerAuth, &FromRouteTable)
 )]

@@ -11,11 +11,12 @@ use clap::{Args, ValueEnum};
 use keygate_shared::{Prefix, Region, SyncSecret};
 use rand_core::OsRng;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock as _, SystemClock};
 use crate::kms::aws::AwsKms;
 use crate::kms::cache::{CacheLimits, CachingKms};
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
+use crate::leaks::{GithubKeys, KeyFileError, LeakSettings, OnLeak};
 use crate::origin_keys::OriginKeyPolicy;
 use crate::service::{Service, Settings};
 use crate::store;
@@ -90,6 +91,13 @@ pub struct Config {
     /// Shared secret signing replication pushes (required with --edge-url).
     #[arg(long, env = "KEYGATE_SYNC_SECRET", hide_env_values = true, value_parser = parse_sync_secret, global = true)]
     pub sync_secret: Option<SyncSecret>,
+    /// GitHub's secret-scanning public-keys document (JSON), re-read when it changes; without it
+    /// `POST /v1/secret-scanning/github` refuses every report.
+    #[arg(long, env = "KEYGATE_GITHUB_SCANNING_KEYS", global = true)]
+    pub github_scanning_keys: Option<PathBuf>,
+    /// What a report of a leaked live key does: revoke it, or only audit it.
+    #[arg(long, env = "KEYGATE_ON_LEAK", value_enum, default_value = "revoke", global = true)]
+    pub on_leak: OnLeak,
 }
 
 fn parse_sync_secret(text: &str) -> Result<SyncSecret, &'static str> {
@@ -149,6 +157,9 @@ pub enum ConfigError {
     /// --edge-url without --sync-secret.
     #[error("--edge-url needs --sync-secret (KEYGATE_SYNC_SECRET)")]
     MissingSyncSecret,
+    /// The GitHub scanning keys file is unusable.
+    #[error(transparent)]
+    GithubKeys(#[from] KeyFileError),
 }
 
 impl Config {
@@ -174,6 +185,10 @@ impl Config {
         if self.edge_url.is_some() && self.sync_secret.is_none() {
             return Err(ConfigError::MissingSyncSecret);
         }
+        let github_keys = match &self.github_scanning_keys {
+            Some(path) => Some(Arc::new(GithubKeys::open(path, SystemClock.now_millis())?)),
+            None => None,
+        };
         let kms = self.kms().await?;
         let store = store::connect(self.database_url.as_str()).await?;
         let settings = Settings {
@@ -185,6 +200,7 @@ impl Config {
                 publish_lead_secs: self.origin_key_publish_secs,
                 token_ttl_secs: self.origin_token_ttl_secs,
             },
+            leaks: LeakSettings { on_leak: self.on_leak, github_keys },
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))

@@ -9,6 +9,7 @@ mod cli;
 mod faults;
 mod key_commands;
 mod kms;
+mod leaks;
 mod lifecycle;
 mod ops;
 mod origin_keys;
