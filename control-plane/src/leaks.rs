@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit::AuditDraft;
+use crate::leak_webhook::{LeakNotice, LeakWebhook};
 use crate::service::{Actor, Service, ServiceError};
 use crate::store::Change;
 
@@ -49,6 +50,8 @@ pub struct LeakSettings {
     pub on_leak: OnLeak,
     /// GitHub's public keys; without them every GitHub report is refused (401).
     pub github_keys: Option<std::sync::Arc<GithubKeys>>,
+    /// Where the owner of a reported key is told, if anywhere.
+    pub webhook: Option<std::sync::Arc<LeakWebhook>>,
 }
 
 /// GitHub's verdict for one token: is it a real secret of this deployment?
@@ -122,16 +125,38 @@ pub async fn handle_token(
         audit_only(service, actor, id, "retired_secret", found).await?;
         return Ok(Label::TruePositive);
     }
-    match service.settings().leaks.on_leak {
+    if row.revoked_at.is_some() {
+        // Audited as `already_revoked` by the normal revoke; nothing new to tell the owner.
+        service.revoke_noting(actor, id, Some(LEAKED.to_owned()), note(found)).await?;
+        return Ok(Label::TruePositive);
+    }
+    let revoked = match service.settings().leaks.on_leak {
         // An expired key is revoked too: its expiry can be moved, a revocation cannot be undone.
         OnLeak::Revoke => {
-            let view = service.revoke_noting(actor, id, Some(LEAKED.to_owned()), note(found)).await?;
-            tracing::warn!(key_id = %id, actor = %actor_name(actor), status = view.status, "leaked key revoked");
+            service.revoke_noting(actor, id, Some(LEAKED.to_owned()), note(found)).await?;
+            tracing::warn!(key_id = %id, actor = %actor_name(actor), "leaked key revoked");
+            true
         }
         OnLeak::Notify => {
             audit_only(service, actor, id, "notified", found).await?;
             tracing::warn!(key_id = %id, actor = %actor_name(actor), "leaked key reported; policy is notify");
+            false
         }
+    };
+    if let Some(webhook) = &service.settings().leaks.webhook {
+        let at = chrono::DateTime::from_timestamp(now, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        let notice = LeakNotice {
+            api_key_id: id.to_string(),
+            name: row.name,
+            owner: row.owner,
+            revoked,
+            found_at: found.url.map(|url| url.chars().take(MAX_NOTE_CHARS).collect()),
+            source: found.source.map(|source| source.chars().take(MAX_NOTE_CHARS).collect()),
+            at,
+        };
+        webhook.send(&notice, now);
     }
     Ok(Label::TruePositive)
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod envelope;
 pub mod kms;
+pub mod leak_webhook;
 pub mod leaks;
 pub mod origin_keys;
 pub mod replicator;

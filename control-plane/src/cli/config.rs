@@ -16,6 +16,7 @@ use crate::kms::aws::AwsKms;
 use crate::kms::cache::{CacheLimits, CachingKms};
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
+use crate::leak_webhook::LeakWebhook;
 use crate::leaks::{GithubKeys, KeyFileError, LeakSettings, OnLeak};
 use crate::origin_keys::OriginKeyPolicy;
 use crate::service::{Service, Settings};
@@ -98,6 +99,12 @@ pub struct Config {
     /// What a report of a leaked live key does: revoke it, or only audit it.
     #[arg(long, env = "KEYGATE_ON_LEAK", value_enum, default_value = "revoke", global = true)]
     pub on_leak: OnLeak,
+    /// Where a reported key's owner is told what was revoked and where it was found (a signed POST).
+    #[arg(long, env = "KEYGATE_LEAK_WEBHOOK_URL", global = true)]
+    pub leak_webhook_url: Option<String>,
+    /// The secret signing leak webhooks (required with --leak-webhook-url).
+    #[arg(long, env = "KEYGATE_LEAK_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_sync_secret, global = true)]
+    pub leak_webhook_secret: Option<SyncSecret>,
 }
 
 fn parse_sync_secret(text: &str) -> Result<SyncSecret, &'static str> {
@@ -157,6 +164,9 @@ pub enum ConfigError {
     /// --edge-url without --sync-secret.
     #[error("--edge-url needs --sync-secret (KEYGATE_SYNC_SECRET)")]
     MissingSyncSecret,
+    /// --leak-webhook-url without --leak-webhook-secret.
+    #[error("--leak-webhook-url needs --leak-webhook-secret (KEYGATE_LEAK_WEBHOOK_SECRET)")]
+    MissingLeakWebhookSecret,
     /// The GitHub scanning keys file is unusable.
     #[error(transparent)]
     GithubKeys(#[from] KeyFileError),
@@ -189,6 +199,11 @@ impl Config {
             Some(path) => Some(Arc::new(GithubKeys::open(path, SystemClock.now_millis())?)),
             None => None,
         };
+        let webhook = match (&self.leak_webhook_url, &self.leak_webhook_secret) {
+            (Some(url), Some(secret)) => Some(Arc::new(LeakWebhook::new(url, secret.clone()))),
+            (Some(_), None) => return Err(ConfigError::MissingLeakWebhookSecret),
+            (None, _) => None,
+        };
         let kms = self.kms().await?;
         let store = store::connect(self.database_url.as_str()).await?;
         let settings = Settings {
@@ -200,7 +215,7 @@ impl Config {
                 publish_lead_secs: self.origin_key_publish_secs,
                 token_ttl_secs: self.origin_token_ttl_secs,
             },
-            leaks: LeakSettings { on_leak: self.on_leak, github_keys },
+            leaks: LeakSettings { on_leak: self.on_leak, github_keys, webhook },
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use keygate_control_plane::clock::Clock as _;
 use keygate_control_plane::kms::local::LocalKms;
 use keygate_control_plane::kms::Kms;
+use keygate_control_plane::leak_webhook::LeakWebhook;
 use keygate_control_plane::leaks::{GithubKeys, LeakSettings, OnLeak};
 use keygate_control_plane::service::{Service, Settings};
 use keygate_shared::{ApiKey, KeyId, KeySecret, ParsedKey, Prefix, Region};
@@ -74,6 +75,10 @@ enum Db {
 
 impl Leaky {
     async fn start(name: &str, db: Db, on_leak: OnLeak) -> Self {
+        Self::start_with(name, db, on_leak, None).await
+    }
+
+    async fn start_with(name: &str, db: Db, on_leak: OnLeak, webhook: Option<Arc<LeakWebhook>>) -> Self {
         let (app, kms): (TestApp, Arc<dyn Kms>) = match db {
             Db::Sqlite => {
                 let app = TestApp::sqlite_local(name).await;
@@ -89,8 +94,10 @@ impl Leaky {
         let keys_file = std::env::temp_dir().join(format!("keygate-gh-keys-{name}-{}.json", std::process::id()));
         std::fs::write(&keys_file, keys_document(&[(&scanner.identifier, scanner.public_pem())])).unwrap();
         let github_keys = Arc::new(GithubKeys::open(&keys_file, app.clock.now_millis()).unwrap());
-        let settings =
-            Settings { leaks: LeakSettings { on_leak, github_keys: Some(github_keys) }, ..Settings::default() };
+        let settings = Settings {
+            leaks: LeakSettings { on_leak, github_keys: Some(github_keys), webhook },
+            ..Settings::default()
+        };
         let service = Arc::new(Service::new(app.store.clone(), kms, app.clock.clone(), Box::new(OsRng), settings));
         let router = keygate_control_plane::api::router(service);
         Self { app, router, keys_file, scanner }
@@ -537,4 +544,64 @@ fn the_readme_pattern_matches_the_valid_vectors_and_no_shape_near_miss() {
     let inside = regex::Regex::new(pattern).unwrap();
     let key = vectors["valid"][0]["key"].as_str().unwrap();
     assert_eq!(inside.find(&format!("API_KEY=\"{key}\"\n")).map(|m| m.as_str()), Some(key));
+}
+
+/// The owner's webhook: a real HTTP server here gets the signed notice after the revocation; the
+/// signature is checked with `openssl dgst -hmac`, not with keygate's own code.
+#[tokio::test]
+async fn the_owners_webhook_hears_what_was_revoked_and_where() {
+    let (got, mut received) = tokio::sync::mpsc::unbounded_channel::<(axum::http::HeaderMap, String)>();
+    let hook = Router::new().route(
+        "/leaks",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let got = got.clone();
+            async move {
+                let _ = got.send((headers, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/leaks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let secret = "webhook-secret-for-the-test";
+    let webhook = Arc::new(LeakWebhook::new(&url, keygate_shared::SyncSecret::new(secret)));
+    let leaky = Leaky::start_with("leaks_webhook", Db::Sqlite, OnLeak::Revoke, Some(webhook)).await;
+    let (status, created) = leaky
+        .app
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"name": "ci deploy", "owner": "team-a", "permissions": ["query:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (live, live_id) = (created["api_key"].as_str().unwrap(), created["api_key_id"].as_str().unwrap());
+
+    let (status, _) = leaky.github(&leaky.scanner, &report(&[live, &stranger()])).await;
+    assert_eq!(status, StatusCode::OK);
+    let (headers, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), received.recv()).await.unwrap().unwrap();
+    let notice: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(notice["api_key_id"], live_id);
+    assert_eq!((notice["name"].as_str(), notice["owner"].as_str()), (Some("ci deploy"), Some("team-a")));
+    assert_eq!(notice["revoked"], true);
+    assert_eq!(notice["found_at"], "https://github.com/octo/leak/blob/main/.env");
+    assert_eq!(notice["source"], "content");
+    assert!(notice["at"].as_str().unwrap().ends_with('Z'));
+    assert!(!body.contains(live), "the notice never carries the key");
+
+    let timestamp = headers["x-keygate-timestamp"].to_str().unwrap();
+    let signature = headers["x-keygate-signature"].to_str().unwrap();
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), format!("{timestamp}.{body}").as_bytes()).unwrap();
+    let out = String::from_utf8(openssl.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out.trim().rsplit(' ').next(), Some(signature), "openssl computes another HMAC: {out}");
+    assert!(received.try_recv().is_err(), "one notice: the stranger's token revoked nothing");
+    leaky.cleanup().await;
 }
