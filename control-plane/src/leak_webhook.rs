@@ -36,7 +36,39 @@ pub struct LeakWebhook {
 
 impl std::fmt::Debug for LeakWebhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeakWebhook").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("LeakWebhook").field("url", &WebhookUrl(self.url.clone())).finish_non_exhaustive()
+    }
+}
+
+/// A webhook URL. Its `Debug` shows the scheme and host only: a chat webhook's path is its credential.
+#[derive(Clone)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    /// The whole URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            return Err("the leak webhook URL must start with https:// or http://");
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        // user:password@host keeps only the host.
+        let host = host.rsplit('@').next().unwrap_or(host);
+        write!(f, "{scheme}://{host}/<redacted>")
     }
 }
 
@@ -77,5 +109,21 @@ impl LeakWebhook {
             };
             metrics::counter!("keygate_leak_webhooks_total", "outcome" => outcome).increment(1);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_neither_the_secret_nor_the_urls_path() {
+        let url = "https://user:pw@hooks.example.com/services/T000/B000/XXXXSECRETPATH?token=t0ken";
+        let webhook = LeakWebhook::new(url, SyncSecret::new("webhook-signing-secret"));
+        let shown = format!("{webhook:?}");
+        assert_eq!(shown, r#"LeakWebhook { url: https://hooks.example.com/<redacted>, .. }"#);
+        let parsed: WebhookUrl = url.parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.as_str(), url);
+        assert!("ftp://x".parse::<WebhookUrl>().is_err());
     }
 }

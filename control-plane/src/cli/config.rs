@@ -16,7 +16,7 @@ use crate::kms::aws::AwsKms;
 use crate::kms::cache::{CacheLimits, CachingKms};
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
-use crate::leak_webhook::LeakWebhook;
+use crate::leak_webhook::{LeakWebhook, WebhookUrl};
 use crate::leaks::{GithubKeys, KeyFileError, LeakSettings, OnLeak};
 use crate::origin_keys::OriginKeyPolicy;
 use crate::service::{Service, Settings};
@@ -101,7 +101,7 @@ pub struct Config {
     pub on_leak: OnLeak,
     /// Where a reported key's owner is told what was revoked and where it was found (a signed POST).
     #[arg(long, env = "KEYGATE_LEAK_WEBHOOK_URL", global = true)]
-    pub leak_webhook_url: Option<String>,
+    pub leak_webhook_url: Option<WebhookUrl>,
     /// The secret signing leak webhooks (required with --leak-webhook-url).
     #[arg(long, env = "KEYGATE_LEAK_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_sync_secret, global = true)]
     pub leak_webhook_secret: Option<SyncSecret>,
@@ -200,7 +200,7 @@ impl Config {
             None => None,
         };
         let webhook = match (&self.leak_webhook_url, &self.leak_webhook_secret) {
-            (Some(url), Some(secret)) => Some(Arc::new(LeakWebhook::new(url, secret.clone()))),
+            (Some(url), Some(secret)) => Some(Arc::new(LeakWebhook::new(url.as_str(), secret.clone()))),
             (Some(_), None) => return Err(ConfigError::MissingLeakWebhookSecret),
             (None, _) => None,
         };
@@ -257,6 +257,21 @@ mod tests {
             let expected = if url.contains("://") { url } else { "<unparsed database url>" };
             assert_eq!(shown, expected);
         }
+    }
+
+    #[test]
+    fn debug_output_holds_no_leak_webhook_secret_or_path() {
+        let flags = Flags::try_parse_from([
+            "keygate",
+            "--leak-webhook-url",
+            "https://hooks.example.com/services/SECRETPATH",
+            "--leak-webhook-secret",
+            "webhook-secret-that-must-not-show",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{flags:?}");
+        assert!(!shown.contains("SECRETPATH") && !shown.contains("must-not-show"), "{shown}");
+        assert!(shown.contains("https://hooks.example.com/<redacted>"), "{shown}");
     }
 
     #[test]
