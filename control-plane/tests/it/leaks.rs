@@ -17,6 +17,7 @@ use keygate_control_plane::kms::Kms;
 use keygate_control_plane::leak_webhook::LeakWebhook;
 use keygate_control_plane::leaks::{GithubKeys, LeakSettings, OnLeak};
 use keygate_control_plane::service::{Service, Settings};
+use keygate_control_plane::store::{SqlStore, Store};
 use keygate_shared::{ApiKey, KeyId, KeySecret, ParsedKey, Prefix, Region};
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
@@ -25,7 +26,8 @@ use rand_core::OsRng;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::support::app::TestApp;
+use crate::support::app::{postgres_url, TestApp};
+use crate::support::fault_net::{FaultProxy, Mode};
 
 const GITHUB: &str = "/v1/secret-scanning/github";
 const PG_MASTER_KEY: [u8; 32] = [0x4c; 32];
@@ -71,6 +73,8 @@ struct Leaky {
 enum Db {
     Sqlite,
     Postgres,
+    /// PostgreSQL behind a store made by the test (through the fault proxy), in this schema.
+    PostgresStore(Arc<dyn Store>, String),
 }
 
 impl Leaky {
@@ -88,6 +92,10 @@ impl Leaky {
             Db::Postgres => {
                 let app = TestApp::postgres_local(name, PG_MASTER_KEY).await;
                 (app, Arc::new(LocalKms::from_master_key(&PG_MASTER_KEY, OsRng)))
+            }
+            Db::PostgresStore(store, schema) => {
+                let kms: Arc<dyn Kms> = Arc::new(LocalKms::from_master_key(&PG_MASTER_KEY, OsRng));
+                (TestApp::over(store, kms.clone(), Some(schema)).await, kms)
             }
         };
         let scanner = Scanner::new("github-key-1");
@@ -603,5 +611,46 @@ async fn the_owners_webhook_hears_what_was_revoked_and_where() {
     let out = String::from_utf8(openssl.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(out.trim().rsplit(' ').next(), Some(signature), "openssl computes another HMAC: {out}");
     assert!(received.try_recv().is_err(), "one notice: the stranger's token revoked nothing");
+    leaky.cleanup().await;
+}
+
+/// Garbage costs no database read, shown on real PostgreSQL behind the fault proxy: with the database
+/// refusing connections, tokens failing shape or checksum are still answered `false_positive`, while a
+/// single well-formed token needs the database (503, which GitHub retries).
+#[tokio::test]
+async fn garbage_is_answered_without_the_database() {
+    let schema = format!("kg_leaks_nodb_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    let authority = postgres_url().split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let proxy = FaultProxy::start(&format!("http://{authority}")).await;
+    let port: u16 = proxy.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&postgres_url())
+        .unwrap()
+        .host("127.0.0.1")
+        .port(port)
+        .options([("search_path", schema.as_str())]);
+    let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Postgres>::connect_postgres(options).await.unwrap());
+    store.migrate().await.unwrap();
+    let leaky = Leaky::start_with("leaks_nodb", Db::PostgresStore(store, schema), OnLeak::Revoke, None).await;
+    let (live, _) = leaky.app.create_key(&["query:read"]).await;
+    let mut broken = live.clone();
+    broken.replace_range(broken.len() - 1.., if live.ends_with('A') { "B" } else { "A" });
+    let too_long = format!("{}{live}", "a".repeat(200));
+
+    proxy.set(Mode::Refuse).await;
+    let garbage = report(&["", "not a key", &broken, &too_long, &live[..live.len() - 1]]);
+    let (status, answer) = leaky.github(&leaky.scanner, &garbage).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer.as_array().unwrap().iter().all(|f| f["label"] == "false_positive"), "{answer}");
+    let (status, answer) = leaky.github(&leaky.scanner, &report(&["not a key", &live])).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("database_unavailable"))
+    );
+    proxy.set(Mode::Forward).await;
+
+    let (status, answer) = leaky.github(&leaky.scanner, &report(&[&live])).await;
+    assert_eq!((status, answer[0]["label"].as_str()), (StatusCode::OK, Some("true_positive")), "{answer}");
     leaky.cleanup().await;
 }
