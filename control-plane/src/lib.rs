@@ -7,6 +7,8 @@ pub mod clock;
 pub mod envelope;
 pub mod key_update;
 pub mod kms;
+pub mod leak_webhook;
+pub mod leaks;
 pub mod origin_keys;
 pub mod replicator;
 pub mod rng;

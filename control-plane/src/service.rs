@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::envelope::{self, EnvelopeError};
 use crate::key_update::{self, KeyUpdate};
 use crate::kms::{Kms, KmsContext, KmsError};
+use crate::leaks::LeakSettings;
 use crate::origin_keys::{self, OriginKeyError, OriginKeyPolicy, OriginKeyStatus, OriginKeys};
 use crate::rng::SharedRng;
 use crate::store::{Change, KeyRow, Op, OriginKeyRow, SecretRow, Store, StoreError};
@@ -60,6 +61,8 @@ pub struct Settings {
     /// The sync secret, from which the key checking the edge's usage reports is derived; without it
     /// `POST /_keygate/usage` answers 404.
     pub sync_secret: Option<keygate_shared::SyncSecret>,
+    /// What a leaked key's report does, and whose signatures GitHub's reports carry.
+    pub leaks: LeakSettings,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             failed_attempts_per_minute: keygate_shared::attempts::DEFAULT_LIMIT,
             origin_keys: OriginKeyPolicy::default(),
             sync_secret: None,
+            leaks: LeakSettings::default(),
         }
     }
 }
@@ -189,6 +193,8 @@ pub enum Actor {
     Anonymous,
     /// keygate itself, e.g. the first origin signing key made at start-up.
     System,
+    /// Whoever reported a leaked key: `github-secret-scanning` or `leak-report`.
+    Reporter(&'static str),
 }
 
 impl Actor {
@@ -198,6 +204,7 @@ impl Actor {
             Self::Cli => "cli".into(),
             Self::Anonymous => "anonymous".into(),
             Self::System => "system".into(),
+            Self::Reporter(name) => (*name).into(),
         }
     }
 }
@@ -666,6 +673,17 @@ impl Service {
 
     /// Revokes a key at once. Revoking a revoked key changes nothing and answers with its metadata.
     pub async fn revoke(&self, actor: &Actor, id: KeyId, reason: Option<String>) -> Result<KeyView, ServiceError> {
+        self.revoke_noting(actor, id, reason, serde_json::Map::new()).await
+    }
+
+    /// [`Service::revoke`], with `note`'s fields added to the audit entry's detail (where a leak was found).
+    pub async fn revoke_noting(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        reason: Option<String>,
+        note: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<KeyView, ServiceError> {
         if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
             return Err(ServiceError::invalid("invalid_reason", "reason must be at most 500 characters"));
         }
@@ -677,7 +695,11 @@ impl Service {
             action: "key.revoke".into(),
             key_id: Some(id),
             outcome: "ok".into(),
-            detail: json_text(&json!({"reason": reason})),
+            detail: json_text(&{
+                let mut detail = note;
+                detail.insert("reason".into(), json!(reason));
+                serde_json::Value::Object(detail)
+            }),
         };
         if row.revoked_at.is_some() {
             audit.outcome = "already_revoked".into();

@@ -6,6 +6,7 @@ mod limits;
 mod openapi;
 pub mod ops;
 pub mod origin_keys;
+pub mod secret_scanning;
 pub mod usage;
 
 use std::future::Future;
@@ -155,6 +156,10 @@ pub fn routes() -> Vec<RouteSpec> {
         RouteSpec::post(keygate_shared::usage::USAGE_PATH, EdgeSignature, usage::ingest)
             .body_limit(usage::USAGE_BODY_LIMIT),
         RouteSpec::post("/v1/keys/verify", Public, ops::verify),
+        // GitHub signs its reports; the handler checks the signature before anything else.
+        RouteSpec::post("/v1/secret-scanning/github", Public, secret_scanning::github)
+            .body_limit(secret_scanning::GITHUB_BODY_LIMIT),
+        RouteSpec::post("/v1/keys/report", Public, secret_scanning::report),
         RouteSpec::get("/healthz", Public, ops::healthz),
         RouteSpec::get("/readyz", Public, ops::readyz),
         RouteSpec::get("/metrics", Public, ops::metrics),

@@ -92,7 +92,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         super::admin::rotate_key,
         super::admin::revoke_key, super::admin::reveal_key, super::admin::audit_log, super::admin::rewrap,
         super::origin_keys::list, super::origin_keys::rotate, super::origin_keys::jwks,
-        super::usage::ingest, super::usage::key_usage,
+        super::usage::ingest, super::usage::key_usage, super::secret_scanning::github, super::secret_scanning::report,
         verify, healthz, readyz, metrics, openapi
     ),
     modifiers(&BearerAuth, &FromRouteTable)

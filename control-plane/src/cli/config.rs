@@ -11,11 +11,13 @@ use clap::{Args, ValueEnum};
 use keygate_shared::{Prefix, Region, SyncSecret};
 use rand_core::OsRng;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock as _, SystemClock};
 use crate::kms::aws::AwsKms;
 use crate::kms::cache::{CacheLimits, CachingKms};
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
+use crate::leak_webhook::{LeakWebhook, WebhookUrl};
+use crate::leaks::{GithubKeys, KeyFileError, LeakSettings, OnLeak};
 use crate::origin_keys::OriginKeyPolicy;
 use crate::service::{Service, Settings};
 use crate::store;
@@ -90,6 +92,19 @@ pub struct Config {
     /// Shared secret signing replication pushes (required with --edge-url).
     #[arg(long, env = "KEYGATE_SYNC_SECRET", hide_env_values = true, value_parser = parse_sync_secret, global = true)]
     pub sync_secret: Option<SyncSecret>,
+    /// GitHub's secret-scanning public-keys document (JSON), re-read when it changes; without it
+    /// `POST /v1/secret-scanning/github` refuses every report.
+    #[arg(long, env = "KEYGATE_GITHUB_SCANNING_KEYS", global = true)]
+    pub github_scanning_keys: Option<PathBuf>,
+    /// What a report of a leaked live key does: revoke it, or only audit it.
+    #[arg(long, env = "KEYGATE_ON_LEAK", value_enum, default_value = "revoke", global = true)]
+    pub on_leak: OnLeak,
+    /// Where a reported key's owner is told what was revoked and where it was found (a signed POST).
+    #[arg(long, env = "KEYGATE_LEAK_WEBHOOK_URL", global = true)]
+    pub leak_webhook_url: Option<WebhookUrl>,
+    /// The secret signing leak webhooks (required with --leak-webhook-url).
+    #[arg(long, env = "KEYGATE_LEAK_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_sync_secret, global = true)]
+    pub leak_webhook_secret: Option<SyncSecret>,
 }
 
 fn parse_sync_secret(text: &str) -> Result<SyncSecret, &'static str> {
@@ -149,6 +164,12 @@ pub enum ConfigError {
     /// --edge-url without --sync-secret.
     #[error("--edge-url needs --sync-secret (KEYGATE_SYNC_SECRET)")]
     MissingSyncSecret,
+    /// --leak-webhook-url without --leak-webhook-secret.
+    #[error("--leak-webhook-url needs --leak-webhook-secret (KEYGATE_LEAK_WEBHOOK_SECRET)")]
+    MissingLeakWebhookSecret,
+    /// The GitHub scanning keys file is unusable.
+    #[error(transparent)]
+    GithubKeys(#[from] KeyFileError),
 }
 
 impl Config {
@@ -174,6 +195,15 @@ impl Config {
         if self.edge_url.is_some() && self.sync_secret.is_none() {
             return Err(ConfigError::MissingSyncSecret);
         }
+        let github_keys = match &self.github_scanning_keys {
+            Some(path) => Some(Arc::new(GithubKeys::open(path, SystemClock.now_millis())?)),
+            None => None,
+        };
+        let webhook = match (&self.leak_webhook_url, &self.leak_webhook_secret) {
+            (Some(url), Some(secret)) => Some(Arc::new(LeakWebhook::new(url.as_str(), secret.clone()))),
+            (Some(_), None) => return Err(ConfigError::MissingLeakWebhookSecret),
+            (None, _) => None,
+        };
         let kms = self.kms().await?;
         let store = store::connect(self.database_url.as_str()).await?;
         let settings = Settings {
@@ -186,6 +216,7 @@ impl Config {
                 token_ttl_secs: self.origin_token_ttl_secs,
             },
             sync_secret: self.sync_secret.clone(),
+            leaks: LeakSettings { on_leak: self.on_leak, github_keys, webhook },
             ..Settings::default()
         };
         Ok(Arc::new(Service::new(store, kms, Arc::new(SystemClock), Box::new(OsRng), settings)))
@@ -227,6 +258,21 @@ mod tests {
             let expected = if url.contains("://") { url } else { "<unparsed database url>" };
             assert_eq!(shown, expected);
         }
+    }
+
+    #[test]
+    fn debug_output_holds_no_leak_webhook_secret_or_path() {
+        let flags = Flags::try_parse_from([
+            "keygate",
+            "--leak-webhook-url",
+            "https://hooks.example.com/services/SECRETPATH",
+            "--leak-webhook-secret",
+            "webhook-secret-that-must-not-show",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{flags:?}");
+        assert!(!shown.contains("SECRETPATH") && !shown.contains("must-not-show"), "{shown}");
+        assert!(shown.contains("https://hooks.example.com/<redacted>"), "{shown}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ fn accepted_body(route: &RouteSpec) -> Option<Value> {
         ("POST", "/admin/api-keys") => Some(json!({"name": "matrix", "permissions": ["query:read"]})),
         ("POST", "/v1/keys/verify") => Some(json!({"api_key": "not-a-key"})),
         ("PATCH", "/admin/api-keys/{id}") => Some(json!({"name": "matrix patched"})),
+        ("POST", "/v1/keys/report") => Some(json!({"api_key": "not-a-key"})),
+        ("POST", "/v1/secret-scanning/github") => Some(json!([])),
         _ => None,
     }
 }
@@ -155,6 +157,11 @@ async fn every_route_in_the_table_answers_each_credential_as_its_access_says() {
     // Public routes answer without a key (any key id fills a path parameter).
     for route in table.iter().filter(|route| route.access == Access::Public) {
         let (status, _, answer) = send(&app, route, &fill(route.path, &revoked_id), None).await;
+        if route.path == "/v1/secret-scanning/github" {
+            // GitHub's signature is its credential (leaks.rs sends signed reports).
+            assert_eq!(answer["error"]["code"], "missing_signature", "{} unsigned: {status}", label(route));
+            continue;
+        }
         assert!(status.is_success(), "{} without a key: {status} {answer}", label(route));
     }
     app.cleanup().await;

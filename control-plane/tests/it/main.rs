@@ -10,6 +10,7 @@ mod faults;
 mod key_commands;
 mod key_updates;
 mod kms;
+mod leaks;
 mod lifecycle;
 mod ops;
 mod origin_keys;
