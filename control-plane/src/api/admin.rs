@@ -464,7 +464,7 @@ fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
 /// clears `owner`, resets `metadata` to `{}` and is refused (422) for the others.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(min_properties = 1)]
+// `minProperties: 1` is set in `openapi.rs`: utoipa-gen 5.5's `min_properties` writes `maxProperties`.
 pub struct UpdateKeyRequest {
     /// Display name, 1 to 200 characters.
     #[serde(default, deserialize_with = "present")]

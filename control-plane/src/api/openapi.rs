@@ -94,6 +94,13 @@ pub(crate) struct FromRouteTable;
 
 impl utoipa::Modify for FromRouteTable {
     fn modify(&self, openapi: &mut OpenApi) {
+        // A PATCH with no field changes nothing and is refused; the document says so. (Not with
+        // `#[schema(min_properties = 1)]`: utoipa-gen 5.5 writes that as `maxProperties`.)
+        if let Some(components) = openapi.components.as_mut() {
+            if let Some(RefOr::T(Schema::Object(update))) = components.schemas.get_mut("UpdateKeyRequest") {
+                update.min_properties = Some(1);
+            }
+        }
         for route in routes() {
             let Some(item) = openapi.paths.paths.get_mut(route.path) else { continue };
             let Some(operation) = operation(item, &route.method) else { continue };
