@@ -8,13 +8,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_control_plane::kms::local::LocalKms;
-use keygate_control_plane::kms::Kms;
-use keygate_control_plane::store::{SqlStore, Store};
 use serde_json::{json, Value};
 use support::control_plane::ControlPlane;
 use support::edge::{through_edge, until_status, Edge};
@@ -24,14 +19,6 @@ use support::{http, MUTATION, QUERY};
 
 /// What the edge reports the same way for every request: everything but the date.
 type Answer = (u16, HashMap<String, String>, String);
-
-async fn plane_on_sqlite(dir: &Path, edge: &str) -> ControlPlane {
-    std::fs::create_dir_all(dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("keygate.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Sqlite>::connect_sqlite(&url).await.unwrap());
-    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open_or_create(&dir.join("master.key")).unwrap());
-    ControlPlane::start(store, kms, edge).await
-}
 
 /// `PATCH /admin/api-keys/{id}` with the bootstrap admin key: status and JSON answer.
 async fn patch(plane: &ControlPlane, id: &str, body: Value) -> (u16, Value) {
@@ -74,7 +61,7 @@ async fn patches_reach_the_edge_and_a_disabled_key_answers_like_a_revoked_one() 
     // Refused keys are part of this test: the failed-attempts limit would turn later ones into 429s.
     let edge = Edge::start_with("key-updates", &origin_url, &[("FAILED_ATTEMPTS_PER_MINUTE", "0")]);
     let dir = std::env::temp_dir().join(format!("keygate-e2e-key-updates-{}", std::process::id()));
-    let plane = plane_on_sqlite(&dir, &edge.url).await;
+    let plane = ControlPlane::on_sqlite(&dir, &edge.url).await;
 
     let (key, id) = plane.create(json!({"name": "patched", "permissions": ["query:read"]})).await;
     until_status(&edge, &key, 200, Duration::from_secs(5)).await;
@@ -134,7 +121,7 @@ async fn a_disabled_keys_sockets_close_with_4403() {
     let origin = NodeOrigin::start();
     let edge = Edge::start_with("key-updates-ws", &origin.url, &[("FAILED_ATTEMPTS_PER_MINUTE", "0")]);
     let dir = std::env::temp_dir().join(format!("keygate-e2e-key-updates-ws-{}", std::process::id()));
-    let plane = plane_on_sqlite(&dir, &edge.url).await;
+    let plane = ControlPlane::on_sqlite(&dir, &edge.url).await;
     let (key, id) = plane.create(json!({"name": "socket", "permissions": ["subscription:read", "query:read"]})).await;
     until_status(&edge, &key, 200, Duration::from_secs(10)).await;
 

@@ -7,15 +7,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use keygate_control_plane::kms::local::LocalKms;
-use keygate_control_plane::kms::Kms;
-use keygate_control_plane::store::{SqlStore, Store};
 use keygate_shared::{sha256_hex, KeyRecord, ParsedKey, PermissionSet, SecretEntry};
 use serde_json::{json, Value};
 use support::control_plane::ControlPlane;
@@ -49,7 +44,7 @@ impl Stack {
         vars.extend_from_slice(more_vars);
         let edge = Edge::start_with_options(name, &origin.url, &EdgeOptions { vars: &vars, ..EdgeOptions::default() });
         let dir = std::env::temp_dir().join(format!("keygate-e2e-transports-{name}-{}", std::process::id()));
-        let plane = plane_on_sqlite(&dir, &edge.url).await;
+        let plane = ControlPlane::on_sqlite(&dir, &edge.url).await;
         Self { origin, edge, plane }
     }
 
@@ -107,14 +102,6 @@ impl Stack {
     async fn origin_upgrades(&self) -> Vec<Value> {
         self.origin.log().await["upgrades"].as_array().unwrap().clone()
     }
-}
-
-async fn plane_on_sqlite(dir: &Path, edge: &str) -> ControlPlane {
-    std::fs::create_dir_all(dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("keygate.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Sqlite>::connect_sqlite(&url).await.unwrap());
-    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open_or_create(&dir.join("master.key")).unwrap());
-    ControlPlane::start(store, kms, edge).await
 }
 
 /// A client spec: this subprotocol, the key in the upgrade's header or in `connection_init`.

@@ -10,21 +10,17 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use keygate_control_plane::kms::local::LocalKms;
-use keygate_control_plane::kms::Kms;
 use keygate_control_plane::service::Settings;
-use keygate_control_plane::store::{SqlStore, Store};
 use keygate_shared::sync::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use keygate_shared::{ApiKey, KeySecret, Prefix, Region};
 use serde_json::{json, Value};
-use support::control_plane::ControlPlane;
+use support::control_plane::{sqlite_parts, ControlPlane};
 use support::edge::{through_edge, until_status, Edge};
 use support::origin::start_origin;
 use support::{http, MUTATION, QUERY};
@@ -84,14 +80,6 @@ async fn start_tap(control_plane: SocketAddr) -> (Tap, String) {
     (tap, url)
 }
 
-async fn store_and_kms(dir: &Path) -> (Arc<dyn Store>, Arc<dyn Kms>) {
-    std::fs::create_dir_all(dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("keygate.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Sqlite>::connect_sqlite(&url).await.unwrap());
-    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open_or_create(&dir.join("master.key")).unwrap());
-    (store, kms)
-}
-
 /// The counts the usage API gives for key `id` over the last hour, by minute: the four outcomes
 /// summed, and the operations.
 async fn usage(plane: &ControlPlane, id: &str) -> (Value, Value) {
@@ -126,7 +114,7 @@ async fn until_usage(plane: &ControlPlane, id: &str, expected: &Value, within: D
 async fn the_edge_counts_reach_the_usage_api_exactly_and_survive_replays_and_an_outage() {
     let (_origin, origin_url) = start_origin().await;
     let dir = std::env::temp_dir().join(format!("keygate-e2e-usage-{}", std::process::id()));
-    let (store, kms) = store_and_kms(&dir).await;
+    let (store, kms) = sqlite_parts(&dir).await;
     // The control plane's address is known before it starts, so the edge can be told it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plane_addr = listener.local_addr().unwrap();

@@ -2,13 +2,15 @@
 //! pushing to an edge (records and the origin signing keys, the first of which it makes at start, as
 //! `keygate serve` does). Both stop when it is dropped.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use keygate_control_plane::clock::SystemClock;
+use keygate_control_plane::kms::local::LocalKms;
 use keygate_control_plane::kms::Kms;
 use keygate_control_plane::replicator::Replicator;
 use keygate_control_plane::service::{Service, Settings};
-use keygate_control_plane::store::Store;
+use keygate_control_plane::store::{SqlStore, Store};
 use keygate_shared::SyncSecret;
 use serde_json::Value;
 
@@ -28,7 +30,22 @@ async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
+/// A SQLite store and the local KMS, both in `dir` (made if missing): the embedded defaults.
+pub async fn sqlite_parts(dir: &Path) -> (Arc<dyn Store>, Arc<dyn Kms>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("keygate.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqlStore::<sqlx::Sqlite>::connect_sqlite(&url).await.unwrap());
+    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open_or_create(&dir.join("master.key")).unwrap());
+    (store, kms)
+}
+
 impl ControlPlane {
+    /// A control plane on [`sqlite_parts`] in `dir`, replicating to `edge`.
+    pub async fn on_sqlite(dir: &Path, edge: &str) -> Self {
+        let (store, kms) = sqlite_parts(dir).await;
+        Self::start(store, kms, edge).await
+    }
+
     pub async fn start(store: Arc<dyn Store>, kms: Arc<dyn Kms>, edge: &str) -> Self {
         Self::start_with(store, kms, edge, Settings::default()).await
     }
