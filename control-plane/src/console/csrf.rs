@@ -11,7 +11,9 @@ pub fn token_matches(expected: &str, presented: &str) -> bool {
 }
 
 /// Whether the request's browser headers allow it: `Sec-Fetch-Site`, when sent, is `same-origin` (or
-/// `none`, typed by the user), and `Origin`, when sent, is this host over http or https.
+/// `none`, typed by the user), and `Origin`, when sent, is this host over http or https. `Origin: null`
+/// says nothing: browsers send it for the console's own forms, because its pages' `Referrer-Policy` is
+/// `no-referrer`; the token (and `Sec-Fetch-Site`) decide then.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     if let Some(site) = text("sec-fetch-site") {
@@ -19,7 +21,7 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
             return false;
         }
     }
-    let Some(origin) = text(header::ORIGIN.as_str()) else {
+    let Some(origin) = text(header::ORIGIN.as_str()).filter(|origin| *origin != "null") else {
         return true;
     };
     let Some(host) = text(header::HOST.as_str()) else {
@@ -56,7 +58,8 @@ mod tests {
         assert!(same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])));
         assert!(same_origin(&headers(&[("host", "keys.example"), ("origin", "https://keys.example")])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:9999")])));
-        assert!(!same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])), "no-referrer's Origin");
+        assert!(!same_origin(&headers(&[("host", "h"), ("origin", "null"), ("sec-fetch-site", "cross-site")])));
         assert!(!same_origin(&headers(&[("origin", "http://127.0.0.1:8080")])), "an Origin without a Host");
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "same-site")])));
