@@ -78,6 +78,11 @@ fn bad_form(rejection: &FormRejection) -> Response {
     error_page(StatusCode::UNPROCESSABLE_ENTITY, format!("The form is not valid: {}", rejection.body_text()), true)
 }
 
+/// The notice after a redirect: one of the actions' fixed words, never other text from the URL.
+fn notice(done: Option<String>) -> Option<String> {
+    done.filter(|done| ["edited", "enabled", "disabled", "revoked"].contains(&done.as_str()))
+}
+
 fn time(at: Option<i64>) -> String {
     at.map_or_else(|| "—".to_owned(), rfc3339)
 }
@@ -290,7 +295,7 @@ pub(super) async fn key_list(
             page: page_no,
             pages,
             matched,
-            done: query.done.filter(|d| d.len() < 40),
+            done: notice(query.done),
         },
     )
 }
@@ -567,7 +572,7 @@ pub(super) async fn key_page(
             operations: week.operations,
             entries,
             name,
-            done: query.ok().and_then(|Query(q)| q.done).filter(|d| d.len() < 40),
+            done: notice(query.ok().and_then(|Query(q)| q.done)),
         },
     )
 }
@@ -586,6 +591,8 @@ pub(super) struct EditForm {
     permissions: String,
     owner: Option<String>,
     expires_at: Option<String>,
+    /// The expiry the form was drawn with: an unchanged expiry is left alone.
+    expires_was: Option<String>,
 }
 
 pub(super) async fn edit_key(
@@ -611,7 +618,7 @@ pub(super) async fn edit_key(
         permissions: Some(Some(permission_list(&form.permissions))),
         metadata: None,
         owner: Some(non_empty(form.owner)),
-        expires_at: non_empty(form.expires_at).map(Some),
+        expires_at: non_empty(form.expires_at).filter(|at| Some(at) != non_empty(form.expires_was).as_ref()).map(Some),
         enabled: None,
     };
     match state.service.update(&op.actor(), id, update).await {

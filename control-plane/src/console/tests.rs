@@ -192,3 +192,57 @@ async fn sessions_end_on_sign_out_on_expiry_and_when_the_admin_key_goes() {
     console.service.revoke(&crate::service::Actor::Cli, admin_id, None).await.unwrap();
     assert_eq!(send(&console.router, get("/ui/keys", Some(&cookie))).await.status, StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn create_shows_the_key_once_refuses_bad_input_and_needs_the_write_scope() {
+    let console = console().await;
+    let (cookie, token) = sign_in(&console).await;
+    let count = || async { console.service.list(None, 1_000).await.unwrap().len() };
+    let before = count().await;
+    let bad = format!("csrf={token}&name=x&tier=NOT+A+TIER&permissions=query%3Aread");
+    let bad = send(&console.router, post("/ui/keys", Some(&cookie), None, &bad)).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert!(bad.body.contains("tier"), "{}", bad.body);
+    assert_eq!(count().await, before);
+
+    let good = format!("csrf={token}&name=shop&tier=default&permissions=query%3Aread+batch%3A10&expires_in_days=30");
+    let good = send(&console.router, post("/ui/keys", Some(&cookie), None, &good)).await;
+    assert_eq!(good.status, StatusCode::CREATED);
+    assert_eq!(good.headers[header::CACHE_CONTROL], "no-store");
+    let marker = r#"id="api-key" class="secret" readonly value=""#;
+    let at = good.body.find(marker).unwrap() + marker.len();
+    let key = &good.body[at..at + good.body[at..].find('"').unwrap()];
+    let parsed = keygate_shared::ParsedKey::parse(key).unwrap();
+    assert_eq!(count().await, before + 1);
+    let page = send(&console.router, get(&format!("/ui/keys/{}", parsed.key_id()), Some(&cookie))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("batch:10") && !page.body.contains(key), "the key's page never shows the key");
+
+    let reader = console
+        .service
+        .create(
+            &crate::service::Actor::Cli,
+            NewKey {
+                name: "reader".into(),
+                tier: "admin".into(),
+                permissions: vec!["admin:keys:read".into()],
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let form = format!("api_key={}", reader.key.expose());
+    let answer = send(&console.router, post("/ui/sign-in", None, None, &form)).await;
+    let reader_cookie = answer.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let list = send(&console.router, get("/ui/keys", Some(&reader_cookie))).await;
+    assert!(
+        !list.body.contains("/ui/keys/new") && !list.body.contains("/ui/audit"),
+        "nothing it may not do is offered"
+    );
+    let at = list.body.find(r#"name="csrf" value=""#).unwrap() + r#"name="csrf" value=""#.len();
+    let reader_token = &list.body[at..at + 64];
+    let form = format!("csrf={reader_token}&name=x&tier=default&permissions=query%3Aread");
+    let refused = send(&console.router, post("/ui/keys", Some(&reader_cookie), None, &form)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(count().await, before + 2, "only the reader itself was added");
+}
