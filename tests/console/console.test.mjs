@@ -367,6 +367,18 @@ test('the console, screen by screen, in Chromium', async (t) => {
     await other.close();
   });
 
+  // Last: it blocks this machine's address for the rest of the minute.
+  await t.test('failed sign-ins count toward the failed-attempt limit', async () => {
+    const statuses = [];
+    for (let i = 0; i < 40 && !statuses.includes(429); i++) {
+      const response = await fetch(`${base}/ui/sign-in`, { method: 'POST', body: new URLSearchParams({ api_key: `fraiseql_us_east_1_guess${i}` }) });
+      statuses.push(response.status);
+    }
+    // Some failures were counted already (the bad key at sign-in); the rest are 401 until the limit.
+    assert.ok(statuses.slice(0, -1).every((s) => s === 401) && statuses.at(-1) === 429, statuses.join(','));
+    assert.ok(statuses.length <= 21, `blocked after at most 20 failures: ${statuses.length}`);
+  });
+
   await t.test('no console errors or failed requests on any page', () => {
     assert.deepEqual(problems, []);
   });
