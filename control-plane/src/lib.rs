@@ -4,6 +4,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod console;
 pub mod envelope;
 pub mod key_update;
 pub mod kms;

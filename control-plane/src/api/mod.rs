@@ -175,12 +175,18 @@ fn with_routes(router: Router<AppState>, routes: Vec<RouteSpec>) -> Router<AppSt
 
 /// The whole API.
 pub fn router(service: Arc<Service>) -> Router {
+    // The web console (HTML at /ui/): its own routes and state, outside the JSON API's route table.
+    let console = crate::console::router(crate::console::ConsoleState::new(
+        service.clone(),
+        crate::rng::SharedRng::new(Box::new(rand_core::OsRng)),
+    ));
     let state = AppState { service, metrics: metrics_handle() };
     let (untimed, timed): (Vec<_>, Vec<_>) = routes().into_iter().partition(|route| route.untimed);
     let timed = with_routes(Router::new(), timed)
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
     with_routes(Router::new(), untimed)
         .merge(timed)
+        .merge(console)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(method_not_allowed))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_failed_checks))
