@@ -64,6 +64,7 @@ cat <<TXT
 
 keygate is running:
   control plane  http://$control   (SQLite data/keygate.db; local KMS data/master.key: not for production)
+  web console    http://$control/ui/   (sign in with the admin key in data/dev-admin.key)
   edge worker    $edge   (local workerd, local KV in data/wrangler-state)
   origin         $origin
 admin key:  data/dev-admin.key
