@@ -503,7 +503,19 @@ impl Service {
         let now = self.clock.now();
         let first = rows.is_empty();
         let version = rows.last().map_or(1, |row| row.version + 1);
-        let row = self.origin_keys.make(version, if first { now } else { now + lead }).await?;
+        self.insert_origin_key(actor, version, if first { now } else { now + lead }).await
+    }
+
+    /// Makes and stores origin signing key `version`, used from `activates_at`. A version that
+    /// already exists is a [`ServiceError::Conflict`] and nothing is written.
+    async fn insert_origin_key(
+        &self,
+        actor: &Actor,
+        version: i64,
+        activates_at: i64,
+    ) -> Result<OriginKeyView, ServiceError> {
+        let now = self.clock.now();
+        let row = self.origin_keys.make(version, activates_at).await?;
         let audit = AuditDraft {
             at: now,
             actor: actor.label(),
@@ -525,7 +537,9 @@ impl Service {
         if !self.origin_keys.rows().await?.is_empty() {
             return Ok(None);
         }
-        match self.rotate_origin_key(&Actor::System, Some(0)).await {
+        // Version 1 by name, not "the next one": two start-ups racing here both try version 1, and
+        // only one insert can win (a rotation's "next version" would let the loser make version 2).
+        match self.insert_origin_key(&Actor::System, 1, self.clock.now()).await {
             Ok(made) => Ok(Some(made)),
             // Another process starting at the same moment made version 1 first: that one serves.
             Err(ServiceError::Conflict) => Ok(None),
