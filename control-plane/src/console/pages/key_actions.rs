@@ -2,6 +2,32 @@
 
 use super::*;
 
+/// A form of a key action that carries the session's CSRF token.
+trait WithToken {
+    fn csrf(&self) -> &str;
+}
+
+/// A key action's form, the operator allowed to do it with `scope`, and the key's id; or the answer
+/// that refuses it (a bad form, no session, a bad token or origin, a missing scope, an unknown id).
+async fn checked<F: WithToken>(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    id: &str,
+    form: Result<Form<F>, FormRejection>,
+    scope: AdminScope,
+) -> Result<(F, Operator, KeyId), Response> {
+    let Form(form) = form.map_err(|rejection| bad_form(&rejection))?;
+    let op = may_change(state, headers, form.csrf(), Some(scope)).await?;
+    let id = id.parse::<KeyId>().map_err(|_| service_error(ServiceError::NotFound))?;
+    Ok((form, op, id))
+}
+
+impl WithToken for TokenForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 fn back_to(id: KeyId, done: &str) -> Response {
     Redirect::to(&format!("/ui/keys/{id}?done={done}")).into_response()
 }
@@ -18,22 +44,21 @@ pub(crate) struct EditForm {
     expires_was: Option<String>,
 }
 
+impl WithToken for EditForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(crate) async fn edit_key(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     form: Result<Form<EditForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejection) => return bad_form(&rejection),
-    };
-    let op = match may_change(&state, &headers, &form.csrf, Some(AdminScope::KeysWrite)).await {
-        Ok(op) => op,
+    let (form, op, id) = match checked(&state, &headers, &id, form, AdminScope::KeysWrite).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(id) = id.parse::<KeyId>() else {
-        return service_error(ServiceError::NotFound);
     };
     let update = KeyUpdate {
         name: Some(Some(form.name)),
@@ -56,22 +81,21 @@ pub(crate) struct EnabledForm {
     enabled: bool,
 }
 
+impl WithToken for EnabledForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(crate) async fn set_enabled(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     form: Result<Form<EnabledForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejection) => return bad_form(&rejection),
-    };
-    let op = match may_change(&state, &headers, &form.csrf, Some(AdminScope::KeysWrite)).await {
-        Ok(op) => op,
+    let (form, op, id) = match checked(&state, &headers, &id, form, AdminScope::KeysWrite).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(id) = id.parse::<KeyId>() else {
-        return service_error(ServiceError::NotFound);
     };
     let update = KeyUpdate { enabled: Some(Some(form.enabled)), ..KeyUpdate::default() };
     match state.service.update(&op.actor(), id, update).await {
@@ -86,22 +110,21 @@ pub(crate) struct RotateForm {
     grace_period_secs: i64,
 }
 
+impl WithToken for RotateForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(crate) async fn rotate_key(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     form: Result<Form<RotateForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejection) => return bad_form(&rejection),
-    };
-    let op = match may_change(&state, &headers, &form.csrf, Some(AdminScope::KeysWrite)).await {
-        Ok(op) => op,
+    let (form, op, id) = match checked(&state, &headers, &id, form, AdminScope::KeysWrite).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(id) = id.parse::<KeyId>() else {
-        return service_error(ServiceError::NotFound);
     };
     match state.service.rotate(&op.actor(), id, Some(form.grace_period_secs)).await {
         Ok(rotated) => shown(
@@ -126,22 +149,21 @@ pub(crate) struct RevokeForm {
     reason: Option<String>,
 }
 
+impl WithToken for RevokeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(crate) async fn revoke_key(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     form: Result<Form<RevokeForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejection) => return bad_form(&rejection),
-    };
-    let op = match may_change(&state, &headers, &form.csrf, Some(AdminScope::KeysWrite)).await {
-        Ok(op) => op,
+    let (form, op, id) = match checked(&state, &headers, &id, form, AdminScope::KeysWrite).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(id) = id.parse::<KeyId>() else {
-        return service_error(ServiceError::NotFound);
     };
     match state.service.revoke(&op.actor(), id, non_empty(form.reason)).await {
         Ok(_) => back_to(id, "revoked"),
@@ -187,16 +209,9 @@ pub(crate) async fn reveal_key(
     Path(id): Path<String>,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejection) => return bad_form(&rejection),
-    };
-    let op = match may_change(&state, &headers, &form.csrf, Some(AdminScope::Reveal)).await {
-        Ok(op) => op,
+    let (_, op, id) = match checked(&state, &headers, &id, form, AdminScope::Reveal).await {
+        Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(id) = id.parse::<KeyId>() else {
-        return service_error(ServiceError::NotFound);
     };
     match state.service.reveal(&op.actor(), id).await {
         Ok(key) => {
