@@ -24,7 +24,18 @@ results="$out/results.jsonl"
 : > "$results"
 # record ID VARIANT RUN JSON: one measurement, tagged for the report.
 record() { printf '{"id":"%s","variant":"%s","run":%s,"result":%s}\n' "$1" "$2" "$3" "$4" | tee -a "$results"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# free_port: a port below the kernel's ephemeral range (32768-60999), which every bind(0) and outgoing
+# connection draws from, so none takes it between this check and its process binding it.
+free_port() { python3 -c 'import os, socket
+start = os.getpid() * 7 % 12000
+for i in range(12000):
+    port = 20000 + (start + i) % 12000
+    try:
+        socket.socket().bind(("127.0.0.1", port))
+        print(port)
+        break
+    except OSError:
+        pass'; }
 wait_for() { for _ in $(seq 1 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "$1 did not come up" >&2; exit 1; }
 
 pids=()

@@ -3,7 +3,7 @@
 //! audit verify, and serve (up, answering, and down on SIGTERM).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -153,7 +153,7 @@ fn an_operator_rotates_the_origin_signing_keys_from_the_command_line() {
 #[test]
 fn serve_answers_and_stops_cleanly_on_sigterm() {
     let env = Env::new("serve");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::support::free_port();
     let mut child = env
         .command()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

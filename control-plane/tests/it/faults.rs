@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::support::app::{postgres_url, TestApp};
 use crate::support::fault_net::{kms_client, BlackHole, FaultProxy, Mode};
+use crate::support::free_port;
 use crate::support::kms_server::KmsServer;
 use crate::support::slow_edge::SlowEdge;
 
@@ -408,10 +409,6 @@ async fn a_rewrap_killed_mid_way_keeps_whole_batches_and_the_next_run_finishes_i
 }
 
 const SYNC_SECRET: &str = "faults-sync-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Each outbox row as the record the edge should hold for it.
 fn as_record(row: &OutboxRow) -> KeyRecord {

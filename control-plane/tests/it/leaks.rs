@@ -464,6 +464,16 @@ async fn self_reports(db: Db, name: &str) {
         let (status, same) = leaky.post("/v1/keys/report", &[], body(&key)).await;
         assert_eq!((status, &same), (StatusCode::ACCEPTED, &answer), "{key}");
     }
+    // A disabled key is not revoked yet (disabling can be undone): a leak revokes it.
+    let (disabled, disabled_id) = leaky.app.create_key(&["query:read"]).await;
+    let (status, _) = leaky
+        .app
+        .admin(Method::PATCH, &format!("/admin/api-keys/{disabled_id}"), Some(json!({"enabled": false})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(leaky.post("/v1/keys/report", &[], body(&disabled)).await, (StatusCode::ACCEPTED, answer.clone()));
+    let view = leaky.key(&disabled_id).await;
+    assert_eq!((view["status"].as_str(), view["revoked_reason"].as_str()), (Some("revoked"), Some("leaked")));
     let without_source = serde_json::to_vec(&json!({"api_key": stranger()})).unwrap();
     assert_eq!(leaky.post("/v1/keys/report", &[], without_source).await.0, StatusCode::ACCEPTED);
 

@@ -111,7 +111,7 @@ impl Edge {
         }
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().expect("start wrangler dev");
-        let edge = Self {
+        let mut edge = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
             dir,
@@ -120,7 +120,10 @@ impl Edge {
             stopped: false,
         };
         let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Up only once wrangler says so: a connection alone could reach another process on the port.
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !edge.log().contains("Ready on") {
+            let exited = edge.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "wrangler dev exited ({exited:?}): {}", edge.log());
             assert!(Instant::now() < deadline, "wrangler dev did not start: {}", edge.log());
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -1,6 +1,6 @@
 //! The KMS API server (moto's, from PyPI), started on a free loopback port for one test and killed after.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ fn server_binary() -> PathBuf {
 
 impl KmsServer {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::support::free_port();
         let child = Command::new(server_binary())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
