@@ -52,12 +52,29 @@ extern "C" {
     #[wasm_bindgen(method, js_name = then)]
     fn then_either(this: &Thenable, fulfilled: &Callback, rejected: &Callback) -> JsValue;
 
+    /// A `Headers`, as far as reading and writing it by a name made once ([`Names`]) goes.
+    type NamedHeaders;
+    /// `headers.get(name)`.
+    #[wasm_bindgen(method, catch, js_name = get)]
+    fn get_named(this: &NamedHeaders, name: &JsValue) -> std::result::Result<Option<String>, JsValue>;
+    /// `headers.set(name, value)`.
+    #[wasm_bindgen(method, catch, js_name = set)]
+    fn set_named(this: &NamedHeaders, name: &JsValue, value: &str) -> std::result::Result<(), JsValue>;
+    /// `headers.set(name, number)`: the runtime writes the number as the header's value.
+    #[wasm_bindgen(method, catch, js_name = set)]
+    fn set_number(this: &NamedHeaders, name: &JsValue, value: f64) -> std::result::Result<(), JsValue>;
+
     /// A function the runtime calls back.
     #[derive(Clone)]
     type Callback;
     /// `callback.bind(null, a, b, c)`: the callback with its first three arguments given.
     #[wasm_bindgen(method, js_name = bind)]
     fn bind_three(this: &Callback, this_arg: &JsValue, a: &JsValue, b: &JsValue, c: &JsValue) -> Callback;
+}
+
+/// `headers` read and written by names made once.
+fn named(headers: &web_sys::Headers) -> &NamedHeaders {
+    headers.unchecked_ref()
 }
 
 /// `promise.then(fulfilled, rejected)`.
@@ -87,7 +104,41 @@ thread_local! {
     static ON_ERROR: Callback = callback(|_, _, _, error| into_js(Err(error.into())));
 }
 
+/// The header names the HTTP path reads and writes on every request, as JS strings made once per
+/// isolate: a `&str` crosses into the runtime as a new string decoded from the wasm's memory each time.
+struct Names {
+    upgrade: JsValue,
+    api_key: JsValue,
+    client_address: JsValue,
+    key_id: JsValue,
+    tier: JsValue,
+    timestamp: JsValue,
+    signature: JsValue,
+    authorization: JsValue,
+    limit: JsValue,
+    remaining: JsValue,
+}
+
+impl Names {
+    fn new() -> Self {
+        use keygate_shared::origin::{KEY_ID_HEADER, SIGNATURE_HEADER, TIER_HEADER, TIMESTAMP_HEADER};
+        Self {
+            upgrade: JsValue::from_str("upgrade"),
+            api_key: JsValue::from_str("X-API-Key"),
+            client_address: JsValue::from_str(CLIENT_ADDRESS_HEADER),
+            key_id: JsValue::from_str(KEY_ID_HEADER),
+            tier: JsValue::from_str(TIER_HEADER),
+            timestamp: JsValue::from_str(TIMESTAMP_HEADER),
+            signature: JsValue::from_str(SIGNATURE_HEADER),
+            authorization: JsValue::from_str("authorization"),
+            limit: JsValue::from_str("x-ratelimit-limit"),
+            remaining: JsValue::from_str("x-ratelimit-remaining"),
+        }
+    }
+}
+
 thread_local! {
+    static NAMES: Names = Names::new();
     // `ORIGIN_URL` without a trailing `/`: vars do not change within an isolate, so it is read once.
     static ORIGIN_URL: OnceCell<String> = const { OnceCell::new() };
 }
@@ -107,17 +158,26 @@ pub(crate) fn origin_target(env: &Env, path_and_query: &str) -> Result<String> {
 pub(crate) async fn add_identity(headers: &web_sys::Headers, env: &Env, record: &KeyRecord) -> Result<()> {
     let key_id = record.key_id.to_string();
     let signed_at = now();
-    headers.set(keygate_shared::origin::KEY_ID_HEADER, &key_id)?;
-    headers.set(keygate_shared::origin::TIER_HEADER, &record.tier)?;
-    headers.set(keygate_shared::origin::TIMESTAMP_HEADER, &signed_at.to_string())?;
     let signature = with_identity(env, |identity| identity.header_signature(signed_at, &key_id, &record.tier));
-    if let Some(signature) = signature {
-        headers.set(keygate_shared::origin::SIGNATURE_HEADER, &signature)?;
-    }
+    NAMES.with(|names| {
+        named(headers).set_named(&names.key_id, &key_id)?;
+        named(headers).set_named(&names.tier, &record.tier)?;
+        named(headers).set_number(&names.timestamp, signed_at as f64)?;
+        if let Some(signature) = signature {
+            named(headers).set_named(&names.signature, &signature)?;
+        }
+        Ok::<_, JsValue>(())
+    })?;
     if let Some(token) = origin_token(env, record).await {
-        headers.set("authorization", &format!("Bearer {token}"))?;
+        NAMES.with(|names| named(headers).set_named(&names.authorization, &format!("Bearer {token}")))?;
     }
     Ok(())
+}
+
+/// Whether `request` asks for a WebSocket (`Upgrade: websocket`).
+pub(crate) fn is_websocket_upgrade(request: &web_sys::Request) -> bool {
+    let upgrade = NAMES.with(|names| named(&request.headers()).get_named(&names.upgrade)).ok().flatten();
+    upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
 }
 
 /// A copy of the client's headers without those the origin must not get (see
@@ -138,7 +198,7 @@ pub(crate) fn answer(request: web_sys::Request, env: Env, ctx: JsValue) -> JsVal
     if method != "GET" && method != "POST" {
         return into_js(graphql_error(405, "METHOD_NOT_ALLOWED", "GraphQL requests are GET or POST").map(Into::into));
     }
-    let client = match request.headers().get(CLIENT_ADDRESS_HEADER) {
+    let client = match NAMES.with(|names| named(&request.headers()).get_named(&names.client_address)) {
         Ok(client) => client.unwrap_or_default(),
         Err(error) => return into_js(Err(error.into())),
     };
@@ -222,7 +282,7 @@ async fn check_request(request: web_sys::Request, env: Env, ctx: Context, body_b
     let client_headers = request.headers();
     let path_and_query = path_and_query(&url);
     let query = query_pairs(path_and_query);
-    let api_key = client_headers.get("X-API-Key")?;
+    let api_key = NAMES.with(|names| named(&client_headers).get_named(&names.api_key))?;
     let body = if body_buffer.is_undefined() { Vec::new() } else { js_sys::Uint8Array::new(&body_buffer).to_vec() };
     if body.len() > MAX_BODY {
         let response = graphql_error(413, "PAYLOAD_TOO_LARGE", "the request body is larger than 1 MiB")?;
@@ -278,8 +338,10 @@ fn with_rate_limit(answer: &web_sys::Response, limit: u32, remaining: u32) -> Re
         answer.unchecked_ref::<web_sys::ResponseInit>(),
     )?;
     let headers = response.headers();
-    headers.set("x-ratelimit-limit", &limit.to_string())?;
-    headers.set("x-ratelimit-remaining", &remaining.to_string())?;
+    NAMES.with(|names| {
+        named(&headers).set_number(&names.limit, limit.into())?;
+        named(&headers).set_number(&names.remaining, remaining.into())
+    })?;
     Ok(response)
 }
 

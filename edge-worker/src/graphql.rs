@@ -10,6 +10,9 @@
 //! look up, [`GraphqlBody::resolve`] fills in a remembered document, and an entry that sends both a
 //! document and its hash must hash to it, so what the edge classifies is what the origin runs.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use apollo_parser::cst;
 use apollo_parser::Parser;
 use keygate_shared::{sha256_hex, OperationKind};
@@ -206,12 +209,66 @@ pub fn operation_kind(document: &str, operation_name: Option<&str>) -> Result<Op
     operation(document, operation_name).map(|(kind, _)| kind)
 }
 
+/// What [`operation`] answered for a document and operation name.
+type Classification = Result<(OperationKind, Option<String>), ClassifyError>;
+
+/// Documents remembered by [`Classified`]: at most this many, each at most [`CLASSIFIED_MAX_LEN`]
+/// bytes with an operation name of at most [`CLASSIFIED_MAX_NAME`] (under 560 KiB in all).
+const CLASSIFIED_CAPACITY: usize = 128;
+const CLASSIFIED_MAX_LEN: usize = 4096;
+const CLASSIFIED_MAX_NAME: usize = 256;
+
+/// The classifications of documents seen lately, by the document and the operation name as sent. A
+/// client sends the same few documents again and again; parsing one costs more than all the rest of
+/// the check (BENCHMARKS.md, P1), and the answer depends on nothing else, so it is kept. Full, it
+/// starts over: no order to keep up on every hit.
+#[derive(Default)]
+struct Classified {
+    /// By document: each operation name it was sent with, and the answer.
+    documents: HashMap<String, Vec<(Option<String>, Classification)>>,
+    len: usize,
+}
+
+impl Classified {
+    fn get(&self, document: &str, operation_name: Option<&str>) -> Option<Classification> {
+        let named = self.documents.get(document)?;
+        named
+            .iter()
+            .find(|(name, _)| name.as_deref() == operation_name)
+            .map(|(_, classification)| classification.clone())
+    }
+
+    fn keep(&mut self, document: &str, operation_name: Option<&str>, classification: &Classification) {
+        if document.len() > CLASSIFIED_MAX_LEN || operation_name.is_some_and(|n| n.len() > CLASSIFIED_MAX_NAME) {
+            return;
+        }
+        if self.len >= CLASSIFIED_CAPACITY {
+            self.documents.clear();
+            self.len = 0;
+        }
+        let named = self.documents.entry(document.to_owned()).or_default();
+        named.push((operation_name.map(str::to_owned), classification.clone()));
+        self.len += 1;
+    }
+}
+
+thread_local! {
+    static CLASSIFIED: RefCell<Classified> = RefCell::new(Classified::default());
+}
+
 /// The type and the name (`None` if anonymous) of the operation `document` would run, chosen by
-/// `operation_name` when it has several.
-pub fn operation(
-    document: &str,
-    operation_name: Option<&str>,
-) -> Result<(OperationKind, Option<String>), ClassifyError> {
+/// `operation_name` when it has several. Remembered for documents seen lately ([`Classified`]).
+pub fn operation(document: &str, operation_name: Option<&str>) -> Classification {
+    if let Some(known) = CLASSIFIED.with(|held| held.borrow().get(document, operation_name)) {
+        return known;
+    }
+    let classification = parse_operation(document, operation_name);
+    CLASSIFIED.with(|held| held.borrow_mut().keep(document, operation_name, &classification));
+    classification
+}
+
+/// [`operation`] without the memory: the document parsed.
+fn parse_operation(document: &str, operation_name: Option<&str>) -> Classification {
     let tree = Parser::new(document).recursion_limit(RECURSION_LIMIT).token_limit(TOKEN_LIMIT).parse();
     if tree.errors().len() > 0 {
         return Err(ClassifyError::Unparsable);
@@ -247,6 +304,36 @@ pub fn operation(
 mod tests {
     use super::*;
     use OperationKind::*;
+
+    #[test]
+    fn a_remembered_document_is_answered_as_parsed_for_each_operation_name() {
+        let doc = "query RememberRead { a } mutation RememberWrite { b }";
+        for _ in 0..3 {
+            assert_eq!(operation(doc, Some("RememberWrite")), Ok((Mutation, Some("RememberWrite".to_owned()))));
+            assert_eq!(operation(doc, Some("RememberRead")), Ok((Query, Some("RememberRead".to_owned()))));
+            assert_eq!(operation(doc, None), Err(ClassifyError::NoOperation));
+            assert_eq!(operation("mutation {", None), Err(ClassifyError::Unparsable));
+        }
+        let kept = CLASSIFIED.with(|held| held.borrow().get(doc, Some("RememberWrite")));
+        assert_eq!(kept, Some(parse_operation(doc, Some("RememberWrite"))));
+    }
+
+    #[test]
+    fn the_memory_of_documents_is_bounded() {
+        let mut classified = Classified::default();
+        for n in 0..1000 {
+            let document = format!("{{ field{n} }}");
+            classified.keep(&document, None, &parse_operation(&document, None));
+            assert!(classified.len <= CLASSIFIED_CAPACITY);
+            assert_eq!(classified.len, classified.documents.values().map(Vec::len).sum::<usize>());
+        }
+        let long = format!("{{ {} }}", "a ".repeat(CLASSIFIED_MAX_LEN));
+        classified.keep(&long, None, &Ok((Query, None)));
+        assert_eq!(classified.get(&long, None), None, "a long document is parsed every time");
+        let name = "N".repeat(CLASSIFIED_MAX_NAME + 1);
+        classified.keep("{ a }", Some(&name), &Ok((Query, None)));
+        assert_eq!(classified.get("{ a }", Some(&name)), None);
+    }
 
     #[test]
     fn each_operation_type_is_recognised() {

@@ -274,19 +274,36 @@ pub struct OriginIdentity {
     tokens: RecentTokens,
     /// The [`NoToken`] causes already logged, as bits.
     reported: u8,
+    /// The identity headers' signatures made in one second (unix seconds), by key id: with the tier
+    /// they signed. A key's requests within that second carry the same signature, made once.
+    signed: (i64, HashMap<String, (String, Rc<str>)>),
 }
 
 impl OriginIdentity {
     /// The identity `config` describes, with the worker's secrets.
     pub fn new(config: IdentityConfig, origin_secret: Option<OriginSecret>, sync_secret: Option<SyncSecret>) -> Self {
         let tokens = RecentTokens::new(config.effective_reuse_secs(), TOKEN_CAPACITY);
-        Self { config, origin_secret, sync_secret, keys: HeldSigningKeys::default(), tokens, reported: 0 }
+        let keys = HeldSigningKeys::default();
+        Self { config, origin_secret, sync_secret, keys, tokens, reported: 0, signed: (0, HashMap::new()) }
     }
 
     /// `X-Keygate-Signature` for the identity headers of `key_id` and `tier` signed at `signed_at`
-    /// (unix seconds), or `None` without `ORIGIN_SECRET`.
-    pub fn header_signature(&self, signed_at: i64, key_id: &str, tier: &str) -> Option<String> {
-        self.origin_secret.as_ref().map(|secret| secret.sign(signed_at, key_id, tier))
+    /// (unix seconds), or `None` without `ORIGIN_SECRET`. Made once per key, tier and second.
+    pub fn header_signature(&mut self, signed_at: i64, key_id: &str, tier: &str) -> Option<Rc<str>> {
+        let secret = self.origin_secret.as_ref()?;
+        let (second, signed) = &mut self.signed;
+        if *second != signed_at {
+            *second = signed_at;
+            signed.clear();
+        }
+        if let Some((signed_tier, signature)) = signed.get(key_id) {
+            if signed_tier == tier {
+                return Some(signature.clone());
+            }
+        }
+        let signature: Rc<str> = secret.sign(signed_at, key_id, tier).into();
+        signed.insert(key_id.to_owned(), (tier.to_owned(), signature.clone()));
+        Some(signature)
     }
 
     /// The settings in use.

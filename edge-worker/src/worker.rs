@@ -342,8 +342,7 @@ pub fn fetch(request: web_sys::Request, env: Env, ctx: worker::worker_sys::Conte
     if request_url::path(request_url::path_and_query(&url)) == sync::SYNC_PATH {
         return in_task(receive_push(request.into(), env));
     }
-    let upgrade = request.headers().get("upgrade").ok().flatten();
-    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+    if crate::forward::is_websocket_upgrade(&request) {
         return in_task(crate::relay::open(request.into(), env, worker::Context::new(ctx)));
     }
     crate::forward::answer(request, env, ctx.into())

@@ -418,7 +418,7 @@ fn an_hs256_token_is_signed_with_the_origin_secret() {
 #[test]
 fn the_identity_headers_are_signed_with_the_origin_secret_whatever_signs_the_token() {
     for alg in [Alg::Es256, Alg::Hs256] {
-        let identity = OriginIdentity::new(config(alg, 10), Some(OriginSecret::new("origin")), None);
+        let mut identity = OriginIdentity::new(config(alg, 10), Some(OriginSecret::new("origin")), None);
         let signature = identity.header_signature(NOW, "0123456789abcdefghijkl", "premium").unwrap();
         let origin = OriginSecret::new("origin");
         assert_eq!(origin.verify(&NOW.to_string(), "0123456789abcdefghijkl", "premium", &signature, NOW), Ok(()));
@@ -427,8 +427,23 @@ fn the_identity_headers_are_signed_with_the_origin_secret_whatever_signs_the_tok
             .is_err());
         assert!(origin.verify(&NOW.to_string(), "0123456789abcdefghijkl", "default", &signature, NOW).is_err());
     }
-    let unsigned = OriginIdentity::new(config(Alg::Es256, 10), None, Some(SyncSecret::new(SYNC)));
+    let mut unsigned = OriginIdentity::new(config(Alg::Es256, 10), None, Some(SyncSecret::new(SYNC)));
     assert_eq!(unsigned.header_signature(NOW, "0123456789abcdefghijkl", "premium"), None);
+}
+
+#[test]
+fn an_identity_signature_made_once_a_second_is_the_one_that_second_tier_and_key_need() {
+    let origin = OriginSecret::new("origin");
+    let mut identity = OriginIdentity::new(config(Alg::Es256, 10), Some(OriginSecret::new("origin")), None);
+    let (a, b) = ("0123456789abcdefghijkl", "mnopqrstuvwxyz01234567");
+    // Interleaved keys, a tier changed by a push within the second, then the next second: each answer
+    // is what signing afresh gives.
+    for (at, key_id, tier) in
+        [(NOW, a, "premium"), (NOW, b, "default"), (NOW, a, "premium"), (NOW, a, "default"), (NOW + 1, a, "default")]
+    {
+        let signature = identity.header_signature(at, key_id, tier).unwrap();
+        assert_eq!(&*signature, origin.sign(at, key_id, tier), "{at} {key_id} {tier}");
+    }
 }
 
 #[test]
