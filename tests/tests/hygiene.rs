@@ -21,38 +21,10 @@ use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
 use support::edge::{through_edge_at, until_status, Edge, EdgeOptions};
 use support::origin::start_origin;
-use support::{free_port, http, root, MUTATION, QUERY};
+use support::{free_port, http, keygate_binary, MUTATION, QUERY};
 
 /// Characters in a key's secret segment (the 49-character last part is secret + 6 checksum).
 const SECRET_LEN: usize = 43;
-
-/// The `keygate` binary in this test's target directory, built (or brought up to date) first: `cargo
-/// test -p keygate-tests` builds the library, not the binary.
-fn keygate_binary() -> PathBuf {
-    // <target>/<profile>/deps/hygiene-<hash>: the profile directory is two levels up, in the target
-    // directory cargo used for this test (`CARGO_TARGET_DIR` or the workspace's `target`).
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "keygate-control-plane", "--bin", "keygate"]);
-    // Without the variables cargo set for this test: inherited, they change the fingerprints of
-    // dependencies' builds, and the next `cargo build` or `cargo test` would compile them all again.
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(|name| name.starts_with("CARGO_") && name != "CARGO_HOME") {
-            build.env_remove(name);
-        }
-    }
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.env("CARGO_TARGET_DIR", target_dir).current_dir(root()).status().unwrap();
-    assert!(status.success(), "cargo build -p keygate-control-plane failed");
-    let binary = profile_dir.join("keygate");
-    assert!(binary.exists(), "no keygate binary at {}", binary.display());
-    binary
-}
 
 fn random_hex(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];

@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,31 +18,9 @@ use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use serde_json::{json, Value};
 use support::edge::{until_status, Edge};
 use support::origin::start_origin;
-use support::{free_port, http, root, SYNC_SECRET};
+use support::{free_port, http, keygate_binary, SYNC_SECRET};
 
 /// The `keygate` binary in this test's target directory, built (or brought up to date) first.
-fn keygate_binary() -> PathBuf {
-    // <target>/<profile>/deps/leaks-<hash>: the profile directory is two levels up.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "keygate-control-plane", "--bin", "keygate"]);
-    // Cargo's variables for this test would change the dependencies' fingerprints (see hygiene.rs).
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(|name| name.starts_with("CARGO_") && name != "CARGO_HOME") {
-            build.env_remove(name);
-        }
-    }
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.env("CARGO_TARGET_DIR", target_dir).current_dir(root()).status().unwrap();
-    assert!(status.success(), "cargo build -p keygate-control-plane failed");
-    profile_dir.join("keygate")
-}
-
 /// `keygate serve`, killed when dropped.
 struct Serve(Child);
 

@@ -11,12 +11,14 @@ pub mod edge;
 pub mod fraiseql;
 pub mod graphql_node;
 pub mod origin;
+#[path = "../../../control-plane/tests/it/support/ports.rs"]
+mod ports;
+
+pub use ports::free_port;
 
 use std::collections::HashMap;
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The secret the control plane signs pushes with and the edge verifies them with.
@@ -32,28 +34,6 @@ pub const MUTATION: &str = r#"{"query":"mutation { addUser(name: \"x\") { id } }
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A free port, for a part started as another process that must be told its port (wrangler, workerd,
-/// FraiseQL, the control plane's binary).
-///
-/// Not one the kernel picks (`bind` to port 0): those come from its ephemeral range, 32768–60999 here,
-/// which it also hands to every other `bind(0)` and outgoing connection on the machine, workerd's own
-/// listeners among them. A port reserved that way and released could be taken by one of those before the
-/// process it was meant for binds it; CI saw wrangler fail with "Address already in use" and the test then
-/// talk to whatever held the port. These come from below that range, in turn, each call a new one.
-pub fn free_port() -> u16 {
-    const FIRST: u16 = 20_000;
-    const COUNT: u16 = 12_000;
-    static TAKEN: AtomicU32 = AtomicU32::new(0);
-    // Two test processes at once (rare: cargo runs test binaries one by one) start far apart.
-    let start = std::process::id();
-    loop {
-        let port = FIRST + (start.wrapping_add(TAKEN.fetch_add(1, Ordering::Relaxed)) % u32::from(COUNT)) as u16;
-        if StdListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// Unix seconds.
@@ -93,4 +73,32 @@ pub fn http() -> reqwest::Client {
     // Every part listens on plain HTTP on loopback: skipping the system's root certificates makes a
     // client in well under a millisecond instead of ~50 ms, which adds up over hundreds of requests.
     reqwest::Client::builder().timeout(Duration::from_secs(10)).tls_built_in_root_certs(false).build().unwrap()
+}
+
+/// The `keygate` binary in this test's target directory, built (or brought up to date) first: `cargo
+/// test -p keygate-tests` builds the library, not the binary.
+pub fn keygate_binary() -> PathBuf {
+    // <target>/<profile>/deps/<test>-<hash>: the profile directory is two levels up, in the target
+    // directory cargo used for this test (`CARGO_TARGET_DIR` or the workspace's `target`).
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "keygate-control-plane", "--bin", "keygate"]);
+    // Without the variables cargo set for this test: inherited, they change the fingerprints of
+    // dependencies' builds, and the next `cargo build` or `cargo test` would compile them all again.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("CARGO_") && name != "CARGO_HOME") {
+            build.env_remove(name);
+        }
+    }
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.env("CARGO_TARGET_DIR", target_dir).current_dir(root()).status().unwrap();
+    assert!(status.success(), "cargo build -p keygate-control-plane failed");
+    let binary = profile_dir.join("keygate");
+    assert!(binary.exists(), "no keygate binary at {}", binary.display());
+    binary
 }
