@@ -895,17 +895,29 @@ impl Service {
             },
         };
         let actor = row.as_ref().map_or(Actor::Anonymous, |row| Actor::Admin(row.id));
+        self.audit_event(&actor, action, refusal.code(), json!({"scope": scope.as_str()})).await?;
+        metrics::counter!("keygate_admin_refusals_total").increment(1);
+        Err(refusal)
+    }
+
+    /// Writes an audit entry for an event that changes no key (a console sign-in, sign-out or refused
+    /// action), as `actor`. An error means nothing was written: the caller refuses what it audits.
+    pub async fn audit_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), ServiceError> {
         let audit = AuditDraft {
             at: self.clock.now(),
             actor: actor.label(),
             action: action.to_owned(),
             key_id: None,
-            outcome: refusal.code().to_owned(),
-            detail: json_text(&json!({"scope": scope.as_str()})),
+            outcome: outcome.to_owned(),
+            detail: json_text(&detail),
         };
-        self.commit(Change { audit, ops: vec![], outbox: None }).await?;
-        metrics::counter!("keygate_admin_refusals_total").increment(1);
-        Err(refusal)
+        self.commit(Change { audit, ops: vec![], outbox: None }).await.map(drop)
     }
 
     /// Creates an admin key with `admin:*` (the first one comes from `keygate admin bootstrap`).

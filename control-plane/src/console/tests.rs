@@ -245,4 +245,15 @@ async fn create_shows_the_key_once_refuses_bad_input_and_needs_the_write_scope()
     let refused = send(&console.router, post("/ui/keys", Some(&reader_cookie), None, &form)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(count().await, before + 2, "only the reader itself was added");
+    // The reader's sign-in and its refused create are in the audit log, as the reader.
+    let reader_actor = format!("admin:{}", reader.view.row.id);
+    let entries = console.service.audit_log(None, 1_000).await.unwrap();
+    let by_reader: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|entry| entry.actor == reader_actor)
+        .map(|entry| (entry.action.as_str(), entry.outcome.as_str()))
+        .collect();
+    assert_eq!(by_reader, [("console.action", "forbidden"), ("console.sign_in", "ok")], "newest first");
+    let refusal = entries.iter().find(|entry| entry.action == "console.action").unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&refusal.detail).unwrap()["scope"], "admin:keys:write");
 }

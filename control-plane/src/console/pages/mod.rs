@@ -81,6 +81,11 @@ async fn may_change(
         return Err(error_page(StatusCode::FORBIDDEN, "This form is stale or came from another site.", true));
     }
     if let Some(scope) = scope.filter(|scope| !op.can(*scope)) {
+        // Audited as the API audits a refused admin request.
+        let detail = serde_json::json!({"scope": scope.as_str()});
+        if let Err(error) = state.service.audit_event(&op.actor(), "console.action", "forbidden", detail).await {
+            return Err(service_error(error));
+        }
         return Err(error_page(StatusCode::FORBIDDEN, format!("This admin key lacks {}.", scope.as_str()), true));
     }
     Ok(op)

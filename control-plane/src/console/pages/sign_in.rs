@@ -35,7 +35,12 @@ pub(crate) async fn sign_in(
     };
     let refused = |status, message: &str| page(status, &SignInPage { error: Some(message.to_owned()) });
     match state.service.authenticate(Some(form.api_key.trim()), AdminScope::KeysRead, "console.sign_in").await {
-        Ok(crate::service::Actor::Admin(admin_id)) => {
+        Ok(actor @ crate::service::Actor::Admin(admin_id)) => {
+            // Audited before the session exists: a sign-in that cannot be recorded does not happen.
+            if let Err(error) = state.service.audit_event(&actor, "console.sign_in", "ok", serde_json::json!({})).await
+            {
+                return service_error(error);
+            }
             let (id, _) = state.sessions.start(admin_id);
             let cookie = crate::console::cookie_header(Some(id.expose()), &headers);
             ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/keys")).into_response()
@@ -59,5 +64,9 @@ pub(crate) async fn sign_out(
         Err(response) => return response,
     };
     state.sessions.end(&op.session_id);
+    // The session is over whatever the log says; a failed write is the operator's to read about.
+    if let Err(error) = state.service.audit_event(&op.actor(), "console.sign_out", "ok", serde_json::json!({})).await {
+        tracing::warn!(%error, "console sign-out not audited");
+    }
     ([(header::SET_COOKIE, crate::console::cookie_header(None, &headers))], Redirect::to("/ui/sign-in")).into_response()
 }
