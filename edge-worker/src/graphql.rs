@@ -219,9 +219,9 @@ const CLASSIFIED_MAX_LEN: usize = 4096;
 const CLASSIFIED_MAX_NAME: usize = 256;
 
 /// The classifications of documents seen lately, by the document and the operation name as sent. A
-/// client sends the same few documents again and again; parsing one costs more than all the rest of
-/// the check (BENCHMARKS.md, P1), and the answer depends on nothing else, so it is kept. Full, it
-/// starts over: no order to keep up on every hit.
+/// client sends the same few documents again and again; in the worker, parsing even `{ hello }` cost
+/// about as much as the rest of the check together (BENCHMARKS.md, P1), and the answer depends on
+/// nothing else, so it is kept. Full, it starts over: no order to keep up on every hit.
 #[derive(Default)]
 struct Classified {
     /// By document: each operation name it was sent with, and the answer.
