@@ -94,8 +94,9 @@ echo "== P1: the keygate worker against a pass-through worker, in workerd" >&2
 # bench/workerd/edge.mjs serves each worker straight from workerd (the miniflare API, not wrangler dev's
 # proxy) in front of an origin that answers at once, alternating them, and appends each run to the results.
 # keygate is the worker as deployed (ES256 origin JWT, reused per key for 10 s); keygate-no-jwt forwards
-# without a token, so the JWT's own cost shows.
-BENCH_MODE="$mode" EDGE_BENCH_WORKERS=passthrough,keygate,keygate-no-jwt EDGE_BENCH_ROUNDS="$runs" \
+# without a token, so the JWT's own cost shows; io-floor does keygate's I/O in JS and checks nothing, so
+# what the runtime charges for that shape (read the body, rebuild the headers, wrap the answer) shows.
+BENCH_MODE="$mode" EDGE_BENCH_WORKERS=passthrough,io-floor,keygate,keygate-no-jwt EDGE_BENCH_ROUNDS="$runs" \
   EDGE_BENCH_SECS="$seconds" EDGE_BENCH_WARMUP="$warmup" EDGE_BENCH_RESULTS="$results" \
   KEYGATE_BENCH_BIN="$(cd "$bin" && pwd)/keygate-bench" node bench/workerd/edge.mjs > "$out/edge.md"
 

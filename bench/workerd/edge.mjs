@@ -5,6 +5,8 @@
 // Workers, each served straight from workerd through the miniflare API (not `wrangler dev`, whose proxy
 // caps even a pass-through worker at a few hundred req/s here), one at a time, alternating in every round:
 //   passthrough                 bench/passthrough.js: forwards, checks nothing (the harness's ceiling);
+//   io-floor                    bench/workerd/io_floor.js: the runtime work keygate's HTTP path does (read the
+//                               body, copy and amend the headers, wrap the answer), in JS, checking nothing;
 //   keygate                     the built worker (edge-worker/build) as deployed: ES256 origin JWT, reused
 //                               per key for 10 s (the default), usage counted and flushed;
 //   keygate-no-jwt              the same with no signing key pushed: forwards without a token;
@@ -205,6 +207,16 @@ async function main() {
         bindings: { ORIGIN_URL: originUrl, SIGNING_JWK: JSON.stringify(webcryptoJwk), SIGNING_KID: webcryptoJwk.kid, TOKEN_SUB: fixture.record.key_id, SIGN: "0" },
       },
       expect: "every",
+    },
+    {
+      name: "io-floor",
+      options: {
+        scriptPath: path.join(root, "bench/workerd/io_floor.js"),
+        modulesRoot: path.join(root, "bench/workerd"),
+        // A token and a signature of the lengths keygate sends (not verified: the floor signs nothing).
+        bindings: { ORIGIN_URL: originUrl, KEY_ID: fixture.record.key_id, SIGNATURE: "0".repeat(64), TOKEN: `${"e".repeat(36)}.${"c".repeat(200)}.${"s".repeat(86)}` },
+      },
+      expect: "reused",
     },
     { name: "keygate-sign-every-request", options: keygate({ ORIGIN_JWT_REUSE_SECS: "0" }), push: true, expect: "every", jwk: fixture.jwk },
     { name: "keygate", options: keygate({}), push: true, expect: "reused", jwk: fixture.jwk },
@@ -511,6 +523,8 @@ function summarize(runs, settings) {
     keygate_vs_passthrough: cost("keygate", "passthrough"),
     keygate_vs_compare: cost("keygate", "keygate-compare"),
     keygate_usage: cost("keygate", "keygate-no-usage"),
+    io_floor_vs_passthrough: cost("io-floor", "passthrough"),
+    keygate_vs_io_floor: cost("keygate", "io-floor"),
   };
   for (const key of Object.keys(derived)) if (!derived[key]) delete derived[key];
   const { webcrypto_es256_sign: wc, keygate_sign: keygate } = derived;
@@ -523,7 +537,7 @@ function summarize(runs, settings) {
   // shown too, and the runtime's CPU per request, which the host's noise moves less (though not by
   // nothing: see the steal column).
   const p1 = {};
-  for (const name of ["keygate", "keygate-no-jwt", "keygate-no-usage", "keygate-compare"]) {
+  for (const name of ["keygate", "keygate-no-jwt", "keygate-no-usage", "keygate-compare", "io-floor"]) {
     const [m, b] = [workers[name], workers.passthrough];
     if (!m || !b) continue;
     const paired_rounds = m.runs
@@ -620,6 +634,8 @@ function report(summary) {
     keygate_vs_passthrough: "keygate as deployed (JWT reused), vs pass-through",
     keygate_vs_compare: "this build, vs the build in EDGE_BENCH_COMPARE",
     keygate_usage: "usage counting and its flushes, vs none",
+    io_floor_vs_passthrough: "the I/O of a checking edge, in JS (io-floor), vs pass-through",
+    keygate_vs_io_floor: "keygate's own work: keygate as deployed, vs io-floor",
   };
   for (const [key, c] of Object.entries(derived)) {
     if (typeof c !== "object") continue;

@@ -28,7 +28,7 @@ use worker::wasm_bindgen_futures::{future_to_promise, JsFuture};
 use worker::{js_sys, Context, Env, Result};
 
 use crate::check::{check, refusal_response, Incoming, Refused};
-use crate::identity::forwards_client_header;
+use crate::identity::{DROPPED_CLIENT_HEADERS, IDENTITY_HEADER_PREFIX};
 use crate::request_url::{path_and_query, query_pairs};
 use crate::usage::flush::count_request;
 use crate::usage::NotingRecords;
@@ -117,6 +117,10 @@ struct Names {
     authorization: JsValue,
     limit: JsValue,
     remaining: JsValue,
+    /// [`DROPPED_CLIENT_HEADERS`], as an array for [`forwarded_headers`].
+    dropped: js_sys::Array,
+    /// [`IDENTITY_HEADER_PREFIX`].
+    identity_prefix: JsValue,
 }
 
 impl Names {
@@ -133,6 +137,8 @@ impl Names {
             authorization: JsValue::from_str("authorization"),
             limit: JsValue::from_str("x-ratelimit-limit"),
             remaining: JsValue::from_str("x-ratelimit-remaining"),
+            dropped: DROPPED_CLIENT_HEADERS.iter().map(|name| JsValue::from_str(name)).collect(),
+            identity_prefix: JsValue::from_str(IDENTITY_HEADER_PREFIX),
         }
     }
 }
@@ -180,15 +186,21 @@ pub(crate) fn is_websocket_upgrade(request: &web_sys::Request) -> bool {
     upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
 }
 
-/// A copy of the client's headers without those the origin must not get (see
-/// [`forwards_client_header`]): one copy in the runtime, then a delete per dropped name.
+#[wasm_bindgen(module = "/js/headers.js")]
+extern "C" {
+    /// A copy of `client` without the names in `dropped` or starting with `prefix` (js/headers.js).
+    #[wasm_bindgen(catch, js_name = forwardedHeaders)]
+    fn forwarded_headers_js(
+        client: &web_sys::Headers,
+        dropped: &js_sys::Array,
+        prefix: &JsValue,
+    ) -> std::result::Result<web_sys::Headers, JsValue>;
+}
+
+/// A copy of the client's headers without those the origin must not get (the names and the prefix
+/// [`crate::identity::forwards_client_header`] drops), made in the runtime's JS with one iteration.
 fn forwarded_headers(client: &web_sys::Headers) -> Result<web_sys::Headers> {
-    let headers = web_sys::Headers::new_with_headers(client)?;
-    let names = String::from(js_sys::Array::from(&client.keys()).join("\n"));
-    for name in names.split('\n').filter(|name| !name.is_empty() && !forwards_client_header(name)) {
-        headers.delete(name)?;
-    }
-    Ok(headers)
+    Ok(NAMES.with(|names| forwarded_headers_js(client, &names.dropped, &names.identity_prefix))?)
 }
 
 /// A GraphQL request over HTTP, answered: the response, or a promise of it. Checked in the order

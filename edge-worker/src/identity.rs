@@ -35,12 +35,21 @@ pub const TOKEN_CAPACITY: usize = 10_000;
 /// last few seconds' worth.
 pub const SWEEP_EVERY_SECS: i64 = 10;
 
-/// Whether a client's request header goes on to the origin. Not the API key, not `Host`, and nothing
-/// that speaks for the caller's identity: the client's own `Authorization` and any `X-Keygate-*` are
-/// dropped, as only keygate's (signed) ones may reach the origin.
+/// The client's request headers the origin never gets, by name (in lower case, as the runtime gives
+/// names): the API key, `Host`, and the client's own `Authorization`, as only keygate's token may reach
+/// the origin.
+pub const DROPPED_CLIENT_HEADERS: [&str; 3] = ["x-api-key", "host", "authorization"];
+
+/// The prefix of the identity headers (lower case): only keygate's, signed, reach the origin, so the
+/// client's own are dropped.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-keygate-";
+
+/// Whether a client's request header goes on to the origin: not one of [`DROPPED_CLIENT_HEADERS`] and
+/// not an identity header ([`IDENTITY_HEADER_PREFIX`]), in any case.
 pub fn forwards_client_header(name: &str) -> bool {
-    let identity = name.get(..10).is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-keygate-"));
-    let dropped = ["x-api-key", "host", "authorization"].iter().any(|d| name.eq_ignore_ascii_case(d));
+    let identity =
+        name.get(..IDENTITY_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_HEADER_PREFIX));
+    let dropped = DROPPED_CLIENT_HEADERS.iter().any(|d| name.eq_ignore_ascii_case(d));
     !identity && !dropped
 }
 

@@ -59,13 +59,21 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
         .post(format!("{}/graphql", edge.url))
         .header("X-API-Key", &key)
         .header("X-Keygate-Tier", "premium")
+        .header("X-Keygate-Scope", "admin")
+        .header("Authorization", "Bearer forged")
+        .header("X-Request-Id", "kept")
         .header("content-type", "application/json")
         .body(QUERY)
         .send()
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 200);
-    assert_eq!(origin.seen.lock().unwrap().last().unwrap().headers["x-keygate-tier"], "default");
+    let seen = origin.seen.lock().unwrap().last().unwrap().headers.clone();
+    assert_eq!(seen["x-keygate-tier"], "default");
+    assert!(!seen.contains_key("x-keygate-scope"), "a client's identity header reached the origin");
+    assert!(!seen.contains_key("x-api-key"), "the key reached the origin");
+    assert_ne!(seen.get("authorization").map(String::as_str), Some("Bearer forged"));
+    assert_eq!(seen["x-request-id"], "kept", "a client's own header was dropped");
 
     // Permissions: a read-only key's mutation, and a batch over its limit, are 403 and never reach the origin.
     let reached = origin.seen.lock().unwrap().len();
