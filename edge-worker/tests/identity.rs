@@ -15,7 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::identity::{
-    forwards_client_header, Alg, IdentityConfig, Mint, NoToken, OriginIdentity, RecentTokens, TOKEN_CAPACITY,
+    forwards_client_header, Alg, IdentityConfig, Mint, NoToken, OriginIdentity, RecentTokens, DROPPED_CLIENT_HEADERS,
+    IDENTITY_HEADER_PREFIX, TOKEN_CAPACITY,
 };
 use keygate_edge::replica::{apply_push, push_refusal_response, Applied, PushRefused, RecordStore};
 use keygate_edge::signing_keys::{active, merge, HeldSigningKeys, SigningKeyStore, REREAD_MS, SIGNING_KEYS_NAME};
@@ -561,5 +562,14 @@ fn the_clients_authorization_and_identity_headers_never_reach_the_origin() {
     }
     for kept in ["content-type", "accept", "x-request-id", "authorization-extra", "x-keygate", "cookie"] {
         assert!(forwards_client_header(kept), "{kept}");
+    }
+}
+
+#[test]
+fn the_dropped_names_are_lower_case_as_the_runtime_gives_names() {
+    // js/headers.js compares the runtime's (lower-case) names with these exactly.
+    for name in DROPPED_CLIENT_HEADERS.iter().chain([&IDENTITY_HEADER_PREFIX]) {
+        assert_eq!(*name, name.to_ascii_lowercase(), "{name}");
+        assert!(!forwards_client_header(name), "{name}");
     }
 }
