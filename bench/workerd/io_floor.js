@@ -1,6 +1,6 @@
 // The floor under keygate's HTTP path: the runtime work it does for every admitted request, in plain JS
 // and checking nothing. It reads the body, copies the client's headers without X-API-Key, Host and
-// Authorization, adds four identity headers and a token (the same, made once per isolate: `TOKEN`),
+// Authorization, adds four identity headers and a token (a fixed one from the binding `TOKEN`, as keygate reuses a key's),
 // sends the body it read to the origin, and answers with the origin's answer in a new Response carrying
 // the two rate-limit headers. What keygate costs above this worker is its own work (the checks, the
 // wasm and its crossings); what this worker costs above the pass-through is the shape of the I/O.
