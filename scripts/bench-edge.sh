@@ -3,7 +3,8 @@
 # costs there and natively (P9): bench/workerd/edge.mjs serves the built worker, a pass-through worker and
 # two WebCrypto reference workers through the miniflare API, each beside its baseline in the same run;
 # criterion runs `shared/benches/origin_token.rs`.
-# Writes the table and the JSON summary to target/bench/edge.md (JSON alone: edge.json) and prints it.
+# Writes the table and the JSON summary to target/bench/edge.md (JSON alone: edge.json) and prints it; then
+# the same workers inside one workerd (bench/workerd/inproc.mjs: target/bench/inproc.md, INPROC_* settings).
 #
 # EDGE_BENCH_ROUNDS (3), EDGE_BENCH_SECS (10), EDGE_BENCH_WARMUP (2), EDGE_BENCH_CONNECTIONS (8),
 # EDGE_BENCH_WORKERS (a comma-separated subset), EDGE_BENCH_NATIVE=0 (skip criterion), EDGE_BENCH_PROFILE
@@ -41,4 +42,11 @@ status=0
 env "${criterion[@]}" BENCH_MODE="$mode" KEYGATE_BENCH_BIN="$target/$profile/keygate-bench" \
   EDGE_BENCH_JSON="$out/edge.json" node bench/workerd/edge.mjs > "$out/edge.md" || status=$?
 cat "$out/edge.md"
+
+# P1 inside one workerd, the workers taking turns block by block (bench/workerd/inproc.mjs): the figure that
+# judges a before and after (EDGE_BENCH_COMPARE) on a host whose speed moves between seconds.
+echo "== in one workerd" >&2
+env BENCH_MODE="$mode" KEYGATE_BENCH_BIN="$target/$profile/keygate-bench" INPROC_JSON="$out/inproc.json" \
+  node bench/workerd/inproc.mjs > "$out/inproc.md" || status=$?
+cat "$out/inproc.md"
 exit "$status"

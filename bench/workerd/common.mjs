@@ -4,7 +4,7 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import net from "node:net";
 import path from "node:path";
@@ -37,13 +37,13 @@ export function run(command, args) {
   });
 }
 
-// A signed push (DESIGN.md) of `payload` ({records, signing_keys?}) to the worker at `base`:
-// HMAC-SHA256 hex over `timestamp + "." + body`. Throws unless it is applied.
-export async function push(base, syncSecret, payload) {
+// A signed push (DESIGN.md) of `payload` ({records, signing_keys?}) to the worker at `base`, sent with
+// `send` (fetch's signature): HMAC-SHA256 hex over `timestamp + "." + body`. Throws unless it is applied.
+export async function push(base, syncSecret, payload, send = fetch) {
   const body = JSON.stringify(payload);
   const timestamp = String(Math.floor(Date.now() / 1000));
   const signature = createHmac("sha256", syncSecret).update(`${timestamp}.${body}`).digest("hex");
-  const answer = await fetch(`${base}/_keygate/sync`, {
+  const answer = await send(`${base}/_keygate/sync`, {
     method: "POST",
     headers: { "content-type": "application/json", "X-Keygate-Timestamp": timestamp, "X-Keygate-Signature": signature },
     body,
@@ -106,4 +106,49 @@ export function keygateWorker(built, bindings) {
     kvNamespaces: ["KEYGATE_RECORDS"],
     bindings,
   };
+}
+
+// /proc's CPU times are in clock ticks: 100 a second on Linux.
+const CLOCK_TICKS = 100;
+
+// The CPU time (user + system, µs) the workerd processes this one started have used so far: what the
+// runtime spends, on all its threads, whatever the machine's other load does to wall-clock figures.
+// Linux's /proc; null elsewhere.
+export function workerdCpuUs() {
+  let ticks = 0;
+  let found = false;
+  let entries;
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return null;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    // `pid (comm) state ppid ...`: the fields after the comm, which may hold spaces.
+    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (comm !== "workerd" || Number(fields[1]) !== process.pid) continue;
+    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+    found = true;
+  }
+  return found ? (ticks * 1e6) / CLOCK_TICKS : null;
+}
+
+// The machine's CPU time so far, from /proc/stat's first line: [total, steal] in ticks, or null. Steal is
+// time the hypervisor gave to other machines while this one wanted to run: the share of it over a load
+// says how far that run's wall-clock figures were the host's doing.
+export function machineCpu() {
+  try {
+    const fields = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1, 9).map(Number);
+    return [fields.reduce((a, b) => a + b, 0), fields[7]];
+  } catch {
+    return null;
+  }
 }

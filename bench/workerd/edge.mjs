@@ -43,21 +43,19 @@
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, webcrypto } from "node:crypto";
 import { once } from "node:events";
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { freePort, keygateWorker, push as signedPush, round, run, served, workerdBench } from "./common.mjs";
+import { freePort, keygateWorker, machineCpu, push as signedPush, round, run, served, workerdBench, workerdCpuUs } from "./common.mjs";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "../..");
 const ANSWER = '{"data":{"hello":"world"}}';
 const QUERY = '{"query":"{ hello }"}';
-// /proc's CPU times are in clock ticks: 100 a second on Linux.
-const CLOCK_TICKS = 100;
 
 if (process.argv[2] === "origin") {
   origin(Number(process.argv[3]));
@@ -330,48 +328,6 @@ async function main() {
   if (problems.length) {
     console.error(`edge bench: ${problems.length} run(s) did not measure what they should (see PROBLEM above)`);
     process.exitCode = 1;
-  }
-}
-
-// The CPU time (user + system, µs) the workerd processes this one started have used so far: what the
-// runtime spends, on all its threads, whatever the machine's other load does to wall-clock figures.
-// Linux's /proc; null elsewhere.
-function workerdCpuUs() {
-  let ticks = 0;
-  let found = false;
-  let entries;
-  try {
-    entries = readdirSync("/proc");
-  } catch {
-    return null;
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-    } catch {
-      continue; // gone meanwhile
-    }
-    // `pid (comm) state ppid ...`: the fields after the comm, which may hold spaces.
-    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    if (comm !== "workerd" || Number(fields[1]) !== process.pid) continue;
-    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
-    found = true;
-  }
-  return found ? (ticks * 1e6) / CLOCK_TICKS : null;
-}
-
-// The machine's CPU time so far, from /proc/stat's first line: [total, steal] in ticks, or null. Steal is
-// time the hypervisor gave to other machines while this one wanted to run: the share of it over a load
-// says how far that run's wall-clock figures were the host's doing.
-function machineCpu() {
-  try {
-    const fields = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1, 9).map(Number);
-    return [fields.reduce((a, b) => a + b, 0), fields[7]];
-  } catch {
-    return null;
   }
 }
 

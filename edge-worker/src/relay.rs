@@ -139,7 +139,7 @@ async fn upgrade_key(
     key: Option<&String>,
     query: &[(String, String)],
 ) -> Result<std::result::Result<Opened, Response>> {
-    let records = NotingRecords::new(RecentKv(records_kv(env)?));
+    let records = NotingRecords::new(RecentKv(env));
     let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
     let checked = check_key(key.map(String::as_str), query, &records, admit, &tiers(env), now()).await;
     count_request(&upgrade.ctx, key.map(String::as_str), records.found(), &checked);
@@ -354,7 +354,7 @@ async fn init_key(
             return None;
         }
     };
-    let records = NotingRecords::new(RecentKv(records_kv(env).ok()?));
+    let records = NotingRecords::new(RecentKv(env));
     let admit = |id, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(id, limit, at));
     let checked = check_key(Some(&key), &[], &records, admit, &tiers(env), now()).await;
     count_request(&upgrade.ctx, Some(&key), records.found(), &checked);
@@ -505,15 +505,15 @@ impl Relay<'_> {
         if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return Err(Refused::BadRequest(crate::graphql::ClassifyError::NotGraphqlJson));
         }
-        let kv = records_kv(self.env).map_err(|_| Refused::Unavailable)?;
         let incoming = Incoming { method: "POST", api_key: Some(self.key), query: &[], body: payload };
         let admit = |key, limit, at| LIMITER.with(|limiter| limiter.borrow_mut().admit(key, limit, at));
         let tiers = tiers(self.env);
-        let records = NotingRecords::new(RecentKv(kv.clone()));
-        let checked = check(&incoming, &records, &KvDocuments(kv.clone()), admit, &tiers, now()).await;
+        let records = NotingRecords::new(RecentKv(self.env));
+        let checked = check(&incoming, &records, &KvDocuments(self.env), admit, &tiers, now()).await;
         count_request(self.ctx, Some(self.key), records.found(), &checked);
         let admitted = checked?;
         if !admitted.registrations.is_empty() {
+            let kv = records_kv(self.env).map_err(|_| Refused::Unavailable)?;
             remember(kv, admitted.registrations).await;
         }
         Ok(())
@@ -521,8 +521,7 @@ impl Relay<'_> {
 
     /// Whether the socket's key is still good; if not, both sides close.
     async fn recheck(&self) -> Option<End> {
-        let kv = records_kv(self.env).ok()?;
-        match authenticate(Some(self.key), &[], &RecentKv(kv), now()).await {
+        match authenticate(Some(self.key), &[], &RecentKv(self.env), now()).await {
             Ok(record) => {
                 self.good_until.set(good_until_ms(self.key, &record));
                 None

@@ -69,18 +69,20 @@ thread_local! {
 /// Records in KV, read and written as they are: what a push compares and stores.
 struct KvRecords(KvStore);
 
-/// The request path's records: the isolate's recent ones, else KV (kept for next time).
-pub(crate) struct RecentKv(pub(crate) KvStore);
+/// The request path's records: the isolate's recent ones, else KV (kept for next time). The KV
+/// handle is taken only when the isolate does not know the record.
+pub(crate) struct RecentKv<'a>(pub(crate) &'a Env);
 
 /// Persisted queries' documents: the isolate's recent ones, else KV (kept for next time).
-pub(crate) struct KvDocuments(pub(crate) KvStore);
+pub(crate) struct KvDocuments<'a>(pub(crate) &'a Env);
 
-impl DocumentSource for KvDocuments {
+impl DocumentSource for KvDocuments<'_> {
     async fn document(&self, hash: &str) -> std::result::Result<Option<String>, StoreFault> {
         if let Some(known) = DOCUMENTS.with(|documents| documents.borrow().get(hash)) {
             return Ok(Some(known.to_string()));
         }
-        let document = self.0.get(&persisted::kv_name(hash)).text().await.map_err(|e| StoreFault(e.to_string()))?;
+        let kv = records_kv(self.0).map_err(|e| StoreFault(e.to_string()))?;
+        let document = kv.get(&persisted::kv_name(hash)).text().await.map_err(|e| StoreFault(e.to_string()))?;
         if let Some(document) = &document {
             DOCUMENTS.with(|documents| documents.borrow_mut().keep(hash, document));
         }
@@ -107,12 +109,13 @@ pub(crate) async fn remember(kv: KvStore, registrations: Vec<(String, String)>) 
     }
 }
 
-impl RecordSource for RecentKv {
+impl RecordSource for RecentKv<'_> {
     async fn record(&self, key_id: &str) -> std::result::Result<Option<KeyRecord>, StoreFault> {
         if let Some(known) = RECENT.with(|recent| recent.borrow().get(key_id, now_ms())) {
             return Ok(known);
         }
-        let record = KvRecords(self.0.clone()).record(key_id).await?;
+        let kv = records_kv(self.0).map_err(|e| StoreFault(e.to_string()))?;
+        let record = KvRecords(kv).record(key_id).await?;
         RECENT.with(|recent| recent.borrow_mut().keep(key_id, record.clone(), now_ms()));
         Ok(record)
     }

@@ -567,7 +567,7 @@ fn the_clients_authorization_and_identity_headers_never_reach_the_origin() {
 
 #[test]
 fn the_dropped_names_are_lower_case_as_the_runtime_gives_names() {
-    // js/headers.js compares the runtime's (lower-case) names with these exactly.
+    // js/http.js compares the runtime's (lower-case) names with these exactly.
     for name in DROPPED_CLIENT_HEADERS.iter().chain([&IDENTITY_HEADER_PREFIX]) {
         assert_eq!(*name, name.to_ascii_lowercase(), "{name}");
         assert!(!forwards_client_header(name), "{name}");
