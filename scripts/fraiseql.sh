@@ -16,6 +16,12 @@ if [ "$(id -u)" = 0 ]; then pg_default=/var/cache/keygate/pg-18.4.0; else pg_def
 pg_dir="${KEYGATE_PG18_DIR:-$pg_default}"
 fq="$tools/fraiseql-$fraiseql"
 
+# One install at a time: a second caller (another checkout's tests, CI beside a session) waits for the first
+# and then finds it done.
+mkdir -p "$tools"
+exec 9> "$tools/fraiseql-$fraiseql.lock"
+flock 9
+
 if [ ! -x "$fq/bin/fraiseql-server" ] || [ ! -x "$fq/bin/fraiseql-cli" ]; then
   scratch="$(mktemp -d)"
   trap 'rm -rf "$scratch"' EXIT
