@@ -15,8 +15,10 @@
 // Env: INPROC_ROUNDS (12), INPROC_BLOCKS (blocks per worker and round, 20), INPROC_BLOCK (requests a
 // block, 100), INPROC_CONNECTIONS (requests in flight at once, 8), INPROC_WORKERS (a comma-separated
 // subset of passthrough, io-floor, keygate, keygate-compare), EDGE_BENCH_COMPARE (a copy of another
-// build's edge-worker/build: adds it as keygate-compare), EDGE_BENCH_PIN (0: do not pin workerd to CPU
-// 0), INPROC_JSON (also write the JSON summary there). BENCH_MODE=smoke runs 1 round of 2 blocks of 16
+// build's edge-worker/build: adds it as keygate-compare), INPROC_JS (comma-separated paths of plain JS
+// workers to put beside them, each named by its file name, with io-floor's bindings and checked as
+// io-floor is: a variant of io_floor.js, say, to find what part of the runtime's I/O costs what),
+// EDGE_BENCH_PIN (0: do not pin workerd to CPU 0), INPROC_JSON (also write the JSON summary there). BENCH_MODE=smoke runs 1 round of 2 blocks of 16
 // and judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to stderr. Exits
 // non-zero when a worker answered anything but 200, or the origin did not see what the workers should
 // have sent (a token from every checking worker, and an X-API-Key only from the pass-through).
@@ -127,21 +129,20 @@ async function main() {
     CONTROL_PLANE_URL: ORIGIN_URL,
   };
   // expect: what the origin must see. `reused`: a token on every request, few distinct ones; `none`: no token.
+  const ioFloorBindings = { ORIGIN_URL, KEY_ID: fixture.record.key_id, SIGNATURE: "0".repeat(64), TOKEN: `${"e".repeat(36)}.${"c".repeat(200)}.${"s".repeat(86)}` };
+  const plainJs = (scriptPath) => ({
+    name: path.basename(scriptPath, path.extname(scriptPath)),
+    options: { scriptPath: path.resolve(scriptPath), modulesRoot: path.dirname(path.resolve(scriptPath)), bindings: ioFloorBindings },
+    expect: "reused",
+  });
   const targets = [
     { name: "passthrough", options: { scriptPath: path.join(root, "bench/passthrough.js"), modulesRoot: path.join(root, "bench"), bindings: { ORIGIN_URL } }, expect: "none" },
-    {
-      name: "io-floor",
-      options: {
-        scriptPath: path.join(root, "bench/workerd/io_floor.js"),
-        modulesRoot: path.join(root, "bench/workerd"),
-        bindings: { ORIGIN_URL, KEY_ID: fixture.record.key_id, SIGNATURE: "0".repeat(64), TOKEN: `${"e".repeat(36)}.${"c".repeat(200)}.${"s".repeat(86)}` },
-      },
-      expect: "reused",
-    },
+    { ...plainJs(path.join(root, "bench/workerd/io_floor.js")), name: "io-floor" },
     { name: "keygate", options: keygateWorker(built, keygateBindings), push: true, expect: "reused" },
     ...(env.EDGE_BENCH_COMPARE
       ? [{ name: "keygate-compare", options: keygateWorker(path.resolve(env.EDGE_BENCH_COMPARE), keygateBindings), push: true, expect: "reused" }]
       : []),
+    ...(env.INPROC_JS ? env.INPROC_JS.split(",").map(plainJs) : []),
   ].filter((t) => !env.INPROC_WORKERS || env.INPROC_WORKERS.split(",").includes(t.name));
 
   const pinned = env.EDGE_BENCH_PIN !== "0" && os.availableParallelism() >= 2;

@@ -9,18 +9,30 @@ let originFailed;
 let names;
 let dropped;
 let prefix;
+let elsewhere;
 
-export function configure(checkFn, failedFn, headerNames, droppedNames, droppedPrefix) {
+export function configure(checkFn, failedFn, headerNames, droppedNames, droppedPrefix, otherPath) {
   check = checkFn;
   originFailed = failedFn;
   names = headerNames;
   dropped = droppedNames;
   prefix = droppedPrefix;
+  elsewhere = otherPath;
 }
 
 // What the check answers for an admitted request (made by the wasm, read below).
 export function admitted(target, keyId, tier, timestamp, signature, authorization, limit, remaining) {
   return { target, keyId, tier, timestamp, signature, authorization, limit, remaining };
+}
+
+// A request that is plainly a GraphQL request over HTTP (a GET or a POST, no `Upgrade` header, and the
+// push path nowhere in its URL) is served; anything else is left to the wasm's routing (`undefined`),
+// which then calls serveHttp for what it finds to be one. Looking in JS saves the wasm reading the URL,
+// the method and a header across the boundary on every request.
+export function serveIfHttp(request, env, ctx) {
+  const method = request.method;
+  if ((method !== "POST" && method !== "GET") || request.headers.has("upgrade") || request.url.includes(elsewhere)) return undefined;
+  return serveHttp(request, env, ctx);
 }
 
 // A GraphQL request over HTTP (GET or POST): checked, and sent to the origin if admitted.

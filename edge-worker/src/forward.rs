@@ -4,6 +4,10 @@
 //! Every call between the wasm and the runtime's JS costs, so the request's I/O is done in the
 //! runtime's JS (`js/http.js`) and the wasm is entered once per request, with every input the check
 //! needs, and answers once, with everything the forward needs:
+//! - the wasm's `fetch` handler hands the request to js/http.js first ([`try_answer`]), which takes it
+//!   if it plainly is a GraphQL request over HTTP (a GET or a POST, no `Upgrade` header, no
+//!   `/_keygate/` in its URL) and leaves anything else to the handler's routing, so the wasm does not
+//!   read the URL, the method and a header across the boundary on every request;
 //! - js/http.js reads the body, and calls [`check_http`] with the method, the URL, the `X-API-Key` and
 //!   client-address headers and the body;
 //! - the check decides ([`crate::check`], in DESIGN.md's order), counts the request for usage and, for
@@ -55,7 +59,19 @@ extern "C" {
     /// Hands js/http.js what it needs once per isolate: the check ([`check_http`]), the answer for an
     /// origin that did not answer ([`origin_failed`]), the names of the headers it reads and sets, and
     /// which client headers it drops.
-    fn configure(check: &JsValue, failed: &JsValue, names: &js_sys::Array, dropped: &js_sys::Array, prefix: &str);
+    fn configure(
+        check: &JsValue,
+        failed: &JsValue,
+        names: &js_sys::Array,
+        dropped: &js_sys::Array,
+        prefix: &str,
+        elsewhere: &str,
+    );
+
+    /// A request that is plainly a GraphQL request over HTTP, answered (a promise of the response);
+    /// `undefined` for any other, which the wasm routes ([`crate::worker::fetch`]).
+    #[wasm_bindgen(js_name = serveIfHttp)]
+    fn serve_if_http(request: &web_sys::Request, env: &JsValue, ctx: &JsValue) -> JsValue;
 
     /// A GraphQL request over HTTP, answered: a promise of the response.
     #[wasm_bindgen(js_name = serveHttp)]
@@ -80,6 +96,14 @@ thread_local! {
     static CONFIGURED: Cell<bool> = const { Cell::new(false) };
     // `ORIGIN_URL` without a trailing `/`: vars do not change within an isolate, so it is read once.
     static ORIGIN_URL: OnceCell<String> = const { OnceCell::new() };
+}
+
+/// A GraphQL request over HTTP answered in one call (a promise of the response), if js/http.js finds
+/// `request` plainly is one: a GET or a POST, with no `Upgrade` header and nowhere in its URL the path
+/// that is routed elsewhere (`/_keygate/`). `None` for any other request: the wasm routes it.
+pub(crate) fn try_answer(request: &web_sys::Request, env: &Env, ctx: &JsValue) -> Option<JsValue> {
+    configure_once();
+    Some(serve_if_http(request, env, ctx)).filter(|served| !served.is_undefined())
 }
 
 /// Gives js/http.js its settings, once per isolate. The callbacks live as long as the isolate.
@@ -111,7 +135,7 @@ fn configure_once() {
     .map(|name| JsValue::from_str(name))
     .collect();
     let dropped: js_sys::Array = DROPPED_CLIENT_HEADERS.iter().map(|name| JsValue::from_str(name)).collect();
-    configure(&check, &failed, &names, &dropped, IDENTITY_HEADER_PREFIX);
+    configure(&check, &failed, &names, &dropped, IDENTITY_HEADER_PREFIX, crate::worker::ROUTED_ELSEWHERE);
 }
 
 /// Where the origin serves a request's `path_and_query` (its path, then `?` and the query if any).

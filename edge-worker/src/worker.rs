@@ -336,20 +336,40 @@ pub(crate) fn graphql_error(status: u16, code: &str, message: &str) -> Result<Re
     json_response(status, &[], body)
 }
 
-/// The worker's `fetch` handler (the runtime calls it through workers-rs's module shim): a push, a
+/// The worker's `fetch` handler (the runtime calls it through the bundle's module entry): a push, a
 /// WebSocket upgrade for the relay, or a GraphQL request over HTTP ([`crate::forward`], which answers
-/// most requests without an async task). Returns the response or a promise of it.
+/// most requests without an async task). A request that plainly is the last is taken by js/http.js at
+/// once ([`crate::forward::try_answer`]); the routing below sees the others, and decides as before.
+/// Returns the response or a promise of it.
 #[wasm_bindgen]
 pub fn fetch(request: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> JsValue {
+    let ctx: JsValue = ctx.into();
+    if let Some(served) = crate::forward::try_answer(&request, &env, &ctx) {
+        return served;
+    }
     let url = request.url();
     if request_url::path(request_url::path_and_query(&url)) == sync::SYNC_PATH {
         return in_task(receive_push(request.into(), env));
     }
     if crate::forward::is_websocket_upgrade(&request) {
-        return in_task(crate::relay::open(request.into(), env, worker::Context::new(ctx)));
+        return in_task(crate::relay::open(request.into(), env, worker::Context::new(ctx.unchecked_into())));
     }
-    crate::forward::answer(request, env, ctx.into())
+    crate::forward::answer(request, env, ctx)
 }
+
+/// What js/http.js leaves to [`fetch`]'s routing when it is anywhere in a request's URL: the prefix
+/// of the push path ([`sync::SYNC_PATH`]).
+pub(crate) const ROUTED_ELSEWHERE: &str = "/_keygate/";
+// The push path must be one js/http.js leaves to [`fetch`].
+const _: () = {
+    let (path, prefix) = (sync::SYNC_PATH.as_bytes(), ROUTED_ELSEWHERE.as_bytes());
+    assert!(path.len() >= prefix.len());
+    let mut i = 0;
+    while i < prefix.len() {
+        assert!(path[i] == prefix[i]);
+        i += 1;
+    }
+};
 
 /// A promise of the response `handler` gives, driven by the async executor.
 fn in_task(handler: impl std::future::Future<Output = Result<Response>> + 'static) -> JsValue {
