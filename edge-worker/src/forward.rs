@@ -158,7 +158,7 @@ pub(crate) struct Identity {
     /// `X-Keygate-Signature`; none without `ORIGIN_SECRET`.
     pub(crate) signature: Option<Rc<str>>,
     /// `Bearer <JWT>`; none when this edge cannot sign (see [`crate::identity`]).
-    pub(crate) authorization: Option<String>,
+    pub(crate) authorization: Option<Rc<str>>,
 }
 
 /// The verified identity of the key `record` describes, signed, as headers and as the origin's JWT.
@@ -166,7 +166,7 @@ pub(crate) async fn identity(env: &Env, record: &KeyRecord) -> Identity {
     let key_id = record.key_id.to_string();
     let signed_at = now();
     let signature = with_identity(env, |identity| identity.header_signature(signed_at, &key_id, &record.tier));
-    let authorization = origin_token(env, record).await.map(|token| format!("Bearer {token}"));
+    let authorization = origin_token(env, record).await;
     Identity { key_id, tier: record.tier.clone(), signed_at, signature, authorization }
 }
 

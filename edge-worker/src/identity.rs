@@ -44,6 +44,9 @@ pub const DROPPED_CLIENT_HEADERS: [&str; 3] = ["x-api-key", "host", "authorizati
 /// client's own are dropped.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-keygate-";
 
+/// What comes before the token in the `Authorization` header's value.
+pub const BEARER: &str = "Bearer ";
+
 /// Whether a client's request header goes on to the origin: not one of [`DROPPED_CLIENT_HEADERS`] and
 /// not an identity header ([`IDENTITY_HEADER_PREFIX`]), in any case.
 pub fn forwards_client_header(name: &str) -> bool {
@@ -171,6 +174,7 @@ impl NoToken {
 /// A token and what it was minted for. `Debug` leaves the token out: it is a bearer credential.
 #[derive(Clone)]
 struct Minted {
+    /// The `Authorization` header's value that carries the token (`Bearer <JWT>`).
     token: Rc<str>,
     seq: u64,
     kid: String,
@@ -254,10 +258,12 @@ impl RecentTokens {
     }
 }
 
-/// What putting a token on a request takes, after [`OriginIdentity::begin`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What putting a token on a request takes, after [`OriginIdentity::begin`]. `Debug` leaves a
+/// ready token out: it is a bearer credential.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Mint {
-    /// A token to use as it is: reused, or just signed with HS256.
+    /// A token to use as it is, reused or just signed with HS256, as the `Authorization` header's
+    /// value that carries it (`Bearer <JWT>`): made once per token, not once per request.
     Ready(Rc<str>),
     /// An ES256 signature over `input` with the active key, `kid` at `version` (its private JWK from
     /// [`OriginIdentity::private_jwk`]); then [`OriginIdentity::finish`].
@@ -269,6 +275,17 @@ pub enum Mint {
         /// The JWS signing input.
         input: String,
     },
+}
+
+impl fmt::Debug for Mint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ready(_) => f.write_str("Ready(..)"),
+            Self::Es256 { kid, version, .. } => {
+                f.debug_struct("Es256").field("kid", kid).field("version", version).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 /// Everything an isolate needs to put a token on a forwarded request.
@@ -371,9 +388,9 @@ impl OriginIdentity {
     }
 
     /// The token made of `input` (from [`Mint::Es256`], or an HS256 one) and its `signature`, kept for
-    /// reuse under `kid`.
+    /// reuse under `kid`, as the `Authorization` header's value that carries it (`Bearer <JWT>`).
     pub fn finish(&mut self, record: &KeyRecord, kid: &str, input: String, signature: &[u8], now_ms: i64) -> Rc<str> {
-        let token: Rc<str> = jwt::compact(input, signature).into();
+        let token: Rc<str> = format!("{BEARER}{}", jwt::compact(input, signature)).into();
         self.tokens.keep(record, kid, token.clone(), now_ms.div_euclid(1000));
         token
     }

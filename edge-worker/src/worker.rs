@@ -237,8 +237,9 @@ fn random_jti() -> Option<[u8; JTI_LEN]> {
     getrandom::getrandom(&mut jti).ok().map(|()| jti)
 }
 
-/// The origin's JWT for the key `record` describes, or `None` if this edge cannot sign one (the cause
-/// is logged once per isolate; see [`crate::identity`] for why the request still goes on).
+/// The origin's JWT for the key `record` describes, as the `Authorization` header's value (`Bearer
+/// <JWT>`), or `None` if this edge cannot sign one (the cause is logged once per isolate; see
+/// [`crate::identity`] for why the request still goes on).
 pub(crate) async fn origin_token(env: &Env, record: &KeyRecord) -> Option<Rc<str>> {
     let read_keys = with_identity(env, |identity| {
         let needed = identity.needs_keys(now_ms());

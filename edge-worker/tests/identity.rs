@@ -15,8 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate_edge::check::{RecordSource, StoreFault};
 use keygate_edge::identity::{
-    forwards_client_header, Alg, IdentityConfig, Mint, NoToken, OriginIdentity, RecentTokens, DROPPED_CLIENT_HEADERS,
-    IDENTITY_HEADER_PREFIX, TOKEN_CAPACITY,
+    forwards_client_header, Alg, IdentityConfig, Mint, NoToken, OriginIdentity, RecentTokens, BEARER,
+    DROPPED_CLIENT_HEADERS, IDENTITY_HEADER_PREFIX, TOKEN_CAPACITY,
 };
 use keygate_edge::replica::{apply_push, push_refusal_response, Applied, PushRefused, RecordStore};
 use keygate_edge::signing_keys::{active, merge, HeldSigningKeys, SigningKeyStore, REREAD_MS, SIGNING_KEYS_NAME};
@@ -153,16 +153,21 @@ impl Mints for OriginIdentity {
         random: impl FnOnce() -> Option<[u8; JTI_LEN]>,
     ) -> Result<Rc<str>, NoToken> {
         match self.begin(record, now_ms, random)? {
-            Mint::Ready(token) => Ok(token),
+            Mint::Ready(authorization) => Ok(jwt_of(&authorization)),
             Mint::Es256 { kid, input, .. } => {
                 let jwk: Value = serde_json::from_str(&self.private_jwk(now_ms.div_euclid(1000))?).unwrap();
                 assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
                 let d = URL_SAFE_NO_PAD.decode(jwk["d"].as_str().unwrap()).unwrap();
                 let signature = OriginSigningKey::from_scalar(kid.clone(), &d).unwrap().sign(input.as_bytes());
-                Ok(self.finish(record, &kid, input, &signature, now_ms))
+                Ok(jwt_of(&self.finish(record, &kid, input, &signature, now_ms)))
             }
         }
     }
+}
+
+/// The JWT in an `Authorization` header's value, which must be `Bearer <JWT>`.
+fn jwt_of(authorization: &str) -> Rc<str> {
+    authorization.strip_prefix(BEARER).expect("an Authorization value that is not `Bearer <JWT>`").into()
 }
 
 /// An ES256 identity holding `keys`, as read from KV at `NOW_MS`.
@@ -487,6 +492,10 @@ fn the_identitys_debug_shows_no_key_material_and_no_token() {
     assert!(!printed.contains(&hex(&*scalar)) && !printed.contains(&URL_SAFE_NO_PAD.encode(*scalar)));
     assert!(!printed.contains(&*token) && !printed.contains(token.rsplit('.').next().unwrap()));
     assert!(printed.contains("Minted { seq: 1, kid: \"k\", iat: 1800000000, .. }"), "{printed}");
+    // A ready token, as the check hands it on, prints without it.
+    let ready = identity.begin(&key_record(1, 1, None), NOW_MS, || None).unwrap();
+    assert!(matches!(&ready, Mint::Ready(value) if value.as_ref() == format!("{BEARER}{token}")));
+    assert_eq!(format!("{ready:?}"), "Ready(..)");
 }
 
 #[test]
