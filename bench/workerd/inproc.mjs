@@ -18,8 +18,8 @@
 // build's edge-worker/build: adds it as keygate-compare), INPROC_JS (comma-separated paths of plain JS
 // workers to put beside them, each named by its file name, with io-floor's bindings and checked as
 // io-floor is: a variant of io_floor.js, say, to find what part of the runtime's I/O costs what),
-// EDGE_BENCH_PIN (0: do not pin workerd to CPU 0), INPROC_JSON (also write the JSON summary there). BENCH_MODE=smoke runs 1 round of 2 blocks of 16
-// and judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to stderr. Exits
+// EDGE_BENCH_PIN (0: do not pin workerd to CPU 0), INPROC_JSON (also write the JSON summary there).
+// BENCH_MODE=smoke runs 1 round of 2 blocks of 16 and judges nothing. Prints a Markdown table and the JSON summary to stdout, progress to stderr. Exits
 // non-zero when a worker answered anything but 200, or the origin did not see what the workers should
 // have sent (a token from every checking worker, and an X-API-Key only from the pass-through).
 

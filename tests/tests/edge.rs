@@ -42,12 +42,6 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
     let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!((seen.path_and_query.as_str(), seen.body.as_str()), ("/graphql?trace=1", QUERY));
     assert!(!seen.headers.contains_key("x-api-key"), "the key reached the origin");
-    // A URL near the push path's is left to the wasm's routing, which serves it as any GraphQL request.
-    let (status, headers, body) = through_edge_at(&edge, "/graphql?next=/_keygate/sync", Some(&key), QUERY).await;
-    assert_eq!((status, headers["x-ratelimit-limit"].as_str()), (200, "1000"), "{body}");
-    let routed = origin.seen.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(routed.path_and_query, "/graphql?next=/_keygate/sync");
-    assert_eq!(routed.headers["x-keygate-key-id"], id);
     assert_eq!(
         (seen.headers["x-keygate-key-id"].as_str(), seen.headers["x-keygate-tier"].as_str()),
         (id.as_str(), "default")
@@ -60,6 +54,12 @@ async fn the_whole_path(name: &str, store: Arc<dyn Store>, kms: Arc<dyn Kms>) {
         now(),
     );
     assert_eq!(verified, Ok(()));
+    // A URL near the push path's is left to the wasm's routing, which serves it as any GraphQL request.
+    let (status, headers, body) = through_edge_at(&edge, "/graphql?next=/_keygate/sync", Some(&key), QUERY).await;
+    assert_eq!((status, headers["x-ratelimit-limit"].as_str()), (200, "1000"), "{body}");
+    let routed = origin.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(routed.path_and_query, "/graphql?next=/_keygate/sync");
+    assert_eq!(routed.headers["x-keygate-key-id"], id);
     // A client cannot forge identity headers: the edge replaces them.
     let forged = http()
         .post(format!("{}/graphql", edge.url))
