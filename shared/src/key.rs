@@ -31,6 +31,10 @@ const PREFIX_MIN_LEN: usize = 2;
 const PREFIX_MAX_LEN: usize = 16;
 /// The longest region that still leaves room, under the longest prefix, for a key of at most 255 bytes.
 const REGION_MAX_LEN: usize = MAX_KEY_LEN - PREFIX_MAX_LEN - KEY_ID_LEN - SECRET_LEN - CHECKSUM_LEN - 3;
+/// Everything after the region: `_<key id>_<secret><checksum>`, the same width in every key.
+const TAIL_LEN: usize = 1 + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+/// A two-letter prefix and a one-letter region.
+const SHORTEST_KEY_LEN: usize = PREFIX_MIN_LEN + 1 + 1 + TAIL_LEN;
 /// 2^128 - 1 and 2^256 - 1 in base62: fixed-width digit strings compare like the numbers they encode.
 const MAX_KEY_ID_DIGITS: &[u8; KEY_ID_LEN] = b"7n42DGM5Tflk9n8mt7Fhc7";
 const MAX_SECRET_DIGITS: &[u8; SECRET_LEN] = b"yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1";
@@ -111,14 +115,21 @@ fn is_lower_alnum(byte: u8) -> bool {
 // The scans below fold without short-circuiting so the compiler can vectorize them: a key is short,
 // and a check that stops early saves nothing but costs the vector loop.
 
+/// `[A-Za-z0-9]`, without branches.
+fn is_base62_digit(b: u8) -> bool {
+    // Setting bit 5 folds A-Z onto a-z and sends nothing else into a-z.
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    letter | digit
+}
+
+/// `[A-Za-z0-9_]`, without branches.
+fn is_key_character(b: u8) -> bool {
+    is_base62_digit(b) | (b == b'_')
+}
+
 fn all_key_characters(bytes: &[u8]) -> bool {
-    let misfits = bytes.iter().fold(0u8, |misfits, &b| {
-        // Setting bit 5 folds A-Z onto a-z and sends nothing else into a-z.
-        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-        let digit = b.wrapping_sub(b'0') < 10;
-        misfits | u8::from(!(letter | digit | (b == b'_')))
-    });
-    misfits == 0
+    bytes.iter().fold(0u8, |misfits, &b| misfits | u8::from(!is_key_character(b))) == 0
 }
 
 fn contains_underscore(bytes: &[u8]) -> bool {
@@ -133,12 +144,86 @@ fn is_valid_prefix(prefix: &[u8]) -> bool {
 
 /// Words of `[a-z0-9]+` joined by single underscores.
 fn is_valid_region(region: &[u8]) -> bool {
-    let (Some(first), Some(last)) = (region.first(), region.last()) else {
-        return false;
-    };
-    let words_ok =
-        region.windows(2).fold(true, |ok, pair| ok & (is_lower_alnum(pair[1]) | (pair[1] == b'_' && pair[0] != b'_')));
-    is_lower_alnum(*first) && is_lower_alnum(*last) && words_ok
+    // As if an underscore came first: the region may neither start nor end with one, nor be empty.
+    let mut after_underscore = true;
+    for &b in region {
+        let underscore = b == b'_';
+        if !(is_lower_alnum(b) || (underscore && !after_underscore)) {
+            return false;
+        }
+        after_underscore = underscore;
+    }
+    !after_underscore
+}
+
+/// Whether the six digits at the end of `bytes` are the checksum of everything before them.
+fn checksum_matches(bytes: &[u8]) -> bool {
+    let (body, checksum) = bytes.split_at(bytes.len().saturating_sub(CHECKSUM_LEN));
+    // Fixed-width base62 is one-to-one, so decoding the six digits and comparing numbers is the same
+    // test as encoding the CRC, with a multiply chain in place of a division chain.
+    checksum.len() == CHECKSUM_LEN && base62::decode_u64(checksum) == u64::from(crc32fast::hash(body))
+}
+
+/// Where the prefix ends and the tail starts in a well-formed key whose prefix and region together
+/// are at most [`SHORT_HEAD`] bytes, or `None` for anything else.
+///
+/// The fast path for the keys that matter, the good ones. Every check runs over a window of fixed
+/// width, so each is a few vector instructions with no loop: the tail has a fixed width, its two
+/// separators sit at known places, and a short head fits one window. [`split_step_by_step`] makes
+/// the same checks one by one, in the order that names the first thing wrong; any key refused here
+/// (or with a longer head) goes there, and a unit test holds that the two accept the same keys.
+fn split_well_formed(bytes: &[u8]) -> Option<(usize, usize)> {
+    if !(SHORTEST_KEY_LEN..=MAX_KEY_LEN).contains(&bytes.len()) {
+        return None;
+    }
+    let key_id_at = bytes.len() - TAIL_LEN;
+    let tail: &[u8; TAIL_LEN] = bytes[key_id_at..].try_into().ok()?;
+    // `_` where the two separators belong and a base62 digit everywhere else.
+    let misfits = (0..TAIL_LEN).zip(tail).fold(0u8, |misfits, (at, &b)| {
+        let fits = if at == 0 || at == 1 + KEY_ID_LEN { b == b'_' } else { is_base62_digit(b) };
+        misfits | u8::from(!fits)
+    });
+    if misfits != 0 {
+        return None;
+    }
+    let prefix_end = split_short_head(bytes, key_id_at)?;
+    // The alphabet is in ASCII order, so a first digit below the limit's settles the range at once.
+    let key_id = &tail[1..1 + KEY_ID_LEN];
+    let secret = &tail[2 + KEY_ID_LEN..2 + KEY_ID_LEN + SECRET_LEN];
+    let in_range = |digits: &[u8], limit: &[u8]| digits[0] < limit[0] || digits <= limit;
+    let well_formed =
+        in_range(key_id, MAX_KEY_ID_DIGITS) && in_range(secret, MAX_SECRET_DIGITS) && checksum_matches(bytes);
+    well_formed.then_some((prefix_end, key_id_at))
+}
+
+/// The longest prefix and region (with the `_` between them) that [`split_well_formed`] takes.
+const SHORT_HEAD: usize = 32;
+
+/// Where the prefix ends, if the `head_len` bytes before the key id's `_` are a valid prefix, `_` and
+/// a valid region, and at most [`SHORT_HEAD`] bytes.
+///
+/// Both are words of `[a-z0-9]+` joined by single underscores, the first word the prefix, so the
+/// head is checked as one: a first byte that is a letter, only `[a-z0-9_]`, no underscore followed
+/// by another (the byte after the head is the separator, so this also refuses a trailing one), and
+/// a first underscore 2 to 16 bytes in. The loop has a fixed length, over a window that always
+/// exists (every key is longer), and bytes past the head are masked out.
+fn split_short_head(bytes: &[u8], head_len: usize) -> Option<usize> {
+    let window: &[u8; SHORT_HEAD + 1] = bytes.get(..=SHORT_HEAD)?.try_into().ok()?;
+    // Positions as bytes, so the masks are byte lanes.
+    let head_len = u8::try_from(head_len).ok().filter(|len| usize::from(*len) <= SHORT_HEAD)?;
+    let mut misfit = false;
+    let mut first_underscore = u8::MAX;
+    for (at, pair) in (0u8..).zip(window.windows(2)) {
+        let (b, next) = (pair[0], pair[1]);
+        let in_head = at < head_len;
+        let underscore = b == b'_';
+        misfit |= in_head & (!(is_lower_alnum(b) | underscore) | (underscore & (next == b'_')));
+        first_underscore = first_underscore.min(if in_head & underscore { at } else { u8::MAX });
+    }
+    let prefix_end = usize::from(first_underscore);
+    let well_formed =
+        !misfit && window[0].is_ascii_lowercase() && (PREFIX_MIN_LEN..=PREFIX_MAX_LEN).contains(&prefix_end);
+    well_formed.then_some(prefix_end)
 }
 
 /// Where a fixed-width field that ends at `end` should start, and what is wrong when it is not there.
@@ -161,6 +246,47 @@ fn fixed_field(bytes: &[u8], end: usize, width: usize) -> Result<usize, FieldFau
         }
     }
     Err(if contains_underscore(&bytes[..end]) { FieldFault::WrongWidth } else { FieldFault::Missing })
+}
+
+/// The same checks as [`split_well_formed`] one at a time, in the order that decides which [`KeyError`]
+/// a bad key gets.
+fn split_step_by_step(bytes: &[u8]) -> Result<(usize, usize), KeyError> {
+    if bytes.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if bytes.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong);
+    }
+    if !all_key_characters(bytes) {
+        return Err(KeyError::InvalidCharacter);
+    }
+    let fault = |fault, wrong_width| match fault {
+        FieldFault::Missing => KeyError::MissingParts,
+        FieldFault::WrongWidth => wrong_width,
+    };
+    let tail_at =
+        fixed_field(bytes, bytes.len(), SECRET_LEN + CHECKSUM_LEN).map_err(|f| fault(f, KeyError::InvalidSecret))?;
+    let key_id_at = fixed_field(bytes, tail_at, KEY_ID_LEN).map_err(|f| fault(f, KeyError::InvalidKeyId))?;
+    // The region is the only part that may itself contain '_': the prefix ends at the first one.
+    let head = &bytes[..key_id_at];
+    let prefix_end = head.iter().position(|b| *b == b'_').ok_or(KeyError::MissingParts)?;
+    if !is_valid_prefix(&head[..prefix_end]) {
+        return Err(KeyError::InvalidPrefix);
+    }
+    if !is_valid_region(&head[prefix_end + 1..]) {
+        return Err(KeyError::InvalidRegion);
+    }
+    if &bytes[key_id_at + 1..tail_at] > MAX_KEY_ID_DIGITS.as_slice() {
+        return Err(KeyError::KeyIdOutOfRange);
+    }
+    let secret = &bytes[tail_at + 1..tail_at + 1 + SECRET_LEN];
+    if secret > MAX_SECRET_DIGITS.as_slice() {
+        return Err(KeyError::SecretOutOfRange);
+    }
+    if !checksum_matches(bytes) {
+        return Err(KeyError::ChecksumMismatch);
+    }
+    Ok((prefix_end, key_id_at))
 }
 
 /// A deployment's key prefix, checked against `[a-z][a-z0-9]{1,15}`.
@@ -466,44 +592,7 @@ impl<'a> ParsedKey<'a> {
     /// Checks `text` against key format v1. Reads no storage: a key that fails here is refused outright.
     pub fn parse(text: &'a str) -> Result<Self, KeyError> {
         let bytes = text.as_bytes();
-        if bytes.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        if bytes.len() > MAX_KEY_LEN {
-            return Err(KeyError::TooLong);
-        }
-        if !all_key_characters(bytes) {
-            return Err(KeyError::InvalidCharacter);
-        }
-        let fault = |fault, wrong_width| match fault {
-            FieldFault::Missing => KeyError::MissingParts,
-            FieldFault::WrongWidth => wrong_width,
-        };
-        let tail_at = fixed_field(bytes, bytes.len(), SECRET_LEN + CHECKSUM_LEN)
-            .map_err(|f| fault(f, KeyError::InvalidSecret))?;
-        let key_id_at = fixed_field(bytes, tail_at, KEY_ID_LEN).map_err(|f| fault(f, KeyError::InvalidKeyId))?;
-        // The region is the only part that may itself contain '_': the prefix ends at the first one.
-        let head = &bytes[..key_id_at];
-        let prefix_end = head.iter().position(|b| *b == b'_').ok_or(KeyError::MissingParts)?;
-        if !is_valid_prefix(&head[..prefix_end]) {
-            return Err(KeyError::InvalidPrefix);
-        }
-        if !is_valid_region(&head[prefix_end + 1..]) {
-            return Err(KeyError::InvalidRegion);
-        }
-        if &bytes[key_id_at + 1..tail_at] > MAX_KEY_ID_DIGITS.as_slice() {
-            return Err(KeyError::KeyIdOutOfRange);
-        }
-        let secret = &bytes[tail_at + 1..tail_at + 1 + SECRET_LEN];
-        if secret > MAX_SECRET_DIGITS.as_slice() {
-            return Err(KeyError::SecretOutOfRange);
-        }
-        let checksum_at = bytes.len() - CHECKSUM_LEN;
-        // Fixed-width base62 is one-to-one, so decoding the six digits and comparing numbers is the
-        // same test as encoding the CRC, with a multiply chain in place of a division chain.
-        if base62::decode_u64(&bytes[checksum_at..]) != u64::from(crc32fast::hash(&bytes[..checksum_at])) {
-            return Err(KeyError::ChecksumMismatch);
-        }
+        let (prefix_end, key_id_at) = split_well_formed(bytes).map_or_else(|| split_step_by_step(bytes), Ok)?;
         // The key id is decoded only when asked for: the edge looks records up by its digits, and a
         // record check needs no number.
         Ok(Self { text, prefix: &text[..prefix_end], region: &text[prefix_end + 1..key_id_at] })
@@ -555,6 +644,8 @@ impl fmt::Debug for ParsedKey<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{any, prop, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig};
+
     use super::*;
 
     #[test]
@@ -621,6 +712,54 @@ mod tests {
         assert_eq!(parts.region(), parsed.region());
         assert_eq!(parts.key_id_str(), parsed.key_id_str());
         assert_eq!(parsed.key_id_str(), "000000000000000000000g");
+    }
+
+    /// A key body (no checksum) with one byte replaced, removed or added, then a fresh checksum: every
+    /// check but the checksum's gets a say.
+    fn mutated(body: &str, edit: u8, at: prop::sample::Index, byte: u8) -> Option<String> {
+        let mut bytes = body.as_bytes().to_vec();
+        let at = at.index(bytes.len() + 1);
+        match edit % 3 {
+            0 if at < bytes.len() => bytes[at] = byte,
+            1 if at < bytes.len() => drop(bytes.remove(at)),
+            _ => bytes.insert(at, byte),
+        }
+        let body = String::from_utf8(bytes).ok()?;
+        let checksum = checksum_digits(&body);
+        Some(format!("{body}{}", core::str::from_utf8(&checksum).ok()?))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+        #[test]
+        fn the_fast_path_accepts_exactly_what_the_step_by_step_checks_accept(
+            prefix in "[a-z][a-z0-9]{1,15}",
+            region in "[a-z0-9]{1,6}(_[a-z0-9]{1,6}){0,3}",
+            id in prop_oneof![any::<u128>(), Just(u128::MAX), Just(0)],
+            secret in prop_oneof![any::<[u8; 32]>(), Just([0xff; 32])],
+            edits in prop::collection::vec((any::<u8>(), any::<prop::sample::Index>(), prop::sample::select(
+                b"_0a9zAZy7-".to_vec())), 0..3),
+            stale_checksum in any::<bool>(),
+        ) {
+            let key = ApiKey::assemble(&Prefix::new(&prefix).unwrap(), &Region::new(&region).unwrap(), KeyId::from(id), &KeySecret::from_bytes(secret));
+            let mut text = key.expose().to_owned();
+            for (edit, at, byte) in edits {
+                let body = &text[..text.len().saturating_sub(CHECKSUM_LEN)];
+                match mutated(body, edit, at, byte) {
+                    Some(next) => text = next,
+                    None => return Ok(()),
+                }
+            }
+            if stale_checksum && text.len() >= CHECKSUM_LEN {
+                let old = &key.expose()[key.expose().len() - CHECKSUM_LEN..];
+                text.replace_range(text.len() - CHECKSUM_LEN.., old);
+            }
+            let bytes = text.as_bytes();
+            // A head longer than the fast path's window is left to the step-by-step checks.
+            let expected = split_step_by_step(bytes).ok().filter(|(_, key_id_at)| *key_id_at <= SHORT_HEAD);
+            prop_assert_eq!(split_well_formed(bytes), expected, "{}", text);
+        }
     }
 
     #[test]
