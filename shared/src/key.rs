@@ -143,6 +143,9 @@ fn is_valid_prefix(prefix: &[u8]) -> bool {
 }
 
 /// Words of `[a-z0-9]+` joined by single underscores.
+///
+/// A loop that stops at the first misfit: it runs only for a region being configured or a key the
+/// fast path below could not judge, and one pass carrying the byte before beats comparing pairs.
 fn is_valid_region(region: &[u8]) -> bool {
     // As if an underscore came first: the region may neither start nor end with one, nor be empty.
     let mut after_underscore = true;
